@@ -1,0 +1,251 @@
+"""Prompts to embeddings: A1111 weighting, fixed-length padding, the over-length policy, and the encoder pass.
+
+Weighting maths (A1111's, so prompts written for it behave the same): each token's hidden state is multiplied by its
+weight, then the whole ``[tokens, width]`` matrix is rescaled so its mean equals the unweighted mean::
+
+    z_w = z · w[:, None];   z_w ← z_w · mean(z) / mean(z_w)
+
+A prompt whose weights are all 1 is encoded exactly as without weighting.
+
+Every prompt is padded to the encoder's full length (248 for Long-CLIP), so a prompt's embedding never depends on the
+other prompts of its batch. Prompts longer than that are cut, and a warning names the dropped words.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import CLIPTokenizer
+
+from .positions import position_embedding
+from .tokenizer import END_OF_TEXT, START_OF_TEXT, clean_text, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+ROUND_BRACKET_WEIGHT = 1.1
+SQUARE_BRACKET_WEIGHT = 1 / 1.1
+
+_WEIGHT_TOKENS = re.compile(
+    r"""
+    \\[\\()\[\]]          # escaped bracket or backslash
+    | \(                  # open emphasis
+    | \[                  # open de-emphasis
+    | :\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # explicit weight closing a round bracket
+    | \)
+    | \]
+    | [^\\()\[\]:]+       # plain text
+    | [\\:]               # a lone backslash or colon
+    """,
+    re.VERBOSE,
+)
+
+
+def parse_weighted_prompt(prompt: str) -> list[tuple[str, float]]:
+    """Split an A1111-style prompt into ``(text, weight)`` fragments.
+
+    ``(words)`` ×1.1, ``((words))`` ×1.21, ``[words]`` ÷1.1, ``(words:1.3)`` ×1.3; ``\\(`` ``\\)`` ``\\[`` ``\\]``
+    are literal brackets. An unclosed bracket weights the rest of the prompt; a stray closing bracket is literal.
+    """
+    fragments: list[list] = []
+    round_starts: list[int] = []
+    square_starts: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for fragment in fragments[start:]:
+            fragment[1] *= factor
+
+    for match in _WEIGHT_TOKENS.finditer(prompt):
+        token, explicit_weight = match.group(0), match.group(1)
+        if token.startswith("\\") and len(token) == 2:
+            fragments.append([token[1], 1.0])
+        elif token == "(":
+            round_starts.append(len(fragments))
+        elif token == "[":
+            square_starts.append(len(fragments))
+        elif explicit_weight is not None and round_starts:
+            multiply(round_starts.pop(), float(explicit_weight))
+        elif token == ")" and round_starts:
+            multiply(round_starts.pop(), ROUND_BRACKET_WEIGHT)
+        elif token == "]" and square_starts:
+            multiply(square_starts.pop(), SQUARE_BRACKET_WEIGHT)
+        else:
+            fragments.append([token, 1.0])
+    for start in round_starts:
+        multiply(start, ROUND_BRACKET_WEIGHT)
+    for start in square_starts:
+        multiply(start, SQUARE_BRACKET_WEIGHT)
+
+    merged: list[tuple[str, float]] = []
+    for text, weight in fragments:
+        if merged and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + text, weight)
+        else:
+            merged.append((text, weight))
+    return merged or [("", 1.0)]
+
+
+@dataclass
+class TokenizedPrompt:
+    """One prompt as the encoder reads it: ids and per-token weights, both ``[max_length]``."""
+
+    input_ids: torch.LongTensor
+    weights: torch.Tensor
+    num_tokens: int
+    dropped_text: str
+
+
+def weighted_token_ids(tokenizer: CLIPTokenizer, prompt: str, weighting: bool = True) -> tuple[list[int], list[float]]:
+    """The prompt's token ids (no start/end) and each token's weight."""
+    fragments = parse_weighted_prompt(prompt) if weighting else [(prompt, 1.0)]
+    fragment_ids = tokenizer([clean_text(text) for text, _ in fragments], add_special_tokens=False)["input_ids"]
+    ids = [token for token_ids in fragment_ids for token in token_ids]
+    weights = [weight for token_ids, (_, weight) in zip(fragment_ids, fragments) for _ in token_ids]
+    return ids, weights
+
+
+def tokenize_prompt(
+    tokenizer: CLIPTokenizer,
+    prompt: str,
+    max_length: int = 248,
+    pad_token_id: int = 0,
+    weighting: bool = True,
+) -> TokenizedPrompt:
+    """Tokenize with weights: ``[start, tokens…, end, pad…]`` of exactly ``max_length`` ids.
+
+    ``num_tokens`` counts the prompt's tokens without start/end. Tokens past ``max_length − 2`` are dropped and
+    returned as ``dropped_text`` (and logged as a warning).
+    """
+    ids, weights = weighted_token_ids(tokenizer, prompt, weighting)
+    budget = max_length - 2
+    dropped_text = ""
+    if len(ids) > budget:
+        dropped_text = tokenizer.decode(ids[budget:])
+        logger.warning(
+            "The prompt has %d tokens; the encoder reads %d, so these words are dropped: %r",
+            len(ids),
+            budget,
+            dropped_text,
+        )
+    num_tokens = len(ids)
+    ids, weights = ids[:budget], weights[:budget]
+    padding = max_length - len(ids) - 2
+    input_ids = torch.tensor([START_OF_TEXT, *ids, END_OF_TEXT] + [pad_token_id] * padding, dtype=torch.long)
+    token_weights = torch.tensor([1.0, *weights, 1.0] + [1.0] * padding)
+    return TokenizedPrompt(input_ids, token_weights, num_tokens, dropped_text)
+
+
+@dataclass
+class PromptEncoding:
+    """Hidden states ``[batch, length, width]`` and, for an encoder with a projection, pooled ``[batch, proj]``."""
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None
+
+
+HiddenState = Literal["final_norm", "penultimate"]
+
+
+def _final_layer_norm(text_encoder: nn.Module) -> nn.LayerNorm:
+    text_model = getattr(text_encoder, "text_model", text_encoder)
+    return text_model.final_layer_norm
+
+
+def num_positions(text_encoder: nn.Module) -> int:
+    """How many tokens an encoder reads (248 for Long-CLIP, 77 for CLIP)."""
+    return position_embedding(text_encoder).num_embeddings
+
+
+def encode_prompts(
+    text_encoder: nn.Module,
+    tokenizer: CLIPTokenizer,
+    prompts: list[str],
+    *,
+    pad_token_id: int = 0,
+    clip_skip: int | None = None,
+    hidden_state: HiddenState = "final_norm",
+    weighting: bool = True,
+    device: torch.device | str | None = None,
+) -> PromptEncoding:
+    """Encode prompts in one pass of up to ``num_positions(text_encoder)`` tokens each.
+
+    ``hidden_state``: ``"final_norm"`` is SD 1.x's convention (last layer after the final layer norm; with
+    ``clip_skip`` = k the output k layers earlier, normed); ``"penultimate"`` is SDXL's (the layer before the last,
+    no final norm; ``clip_skip`` = k goes k layers further back).
+    """
+    device = device or next(text_encoder.parameters()).device
+    max_length = num_positions(text_encoder)
+    tokenized = [tokenize_prompt(tokenizer, prompt, max_length, pad_token_id, weighting) for prompt in prompts]
+    input_ids = torch.stack([item.input_ids for item in tokenized]).to(device)
+    weights = torch.stack([item.weights for item in tokenized]).to(device)
+
+    need_layers = clip_skip is not None or hidden_state == "penultimate"
+    output = text_encoder(input_ids, output_hidden_states=need_layers)
+    last_hidden_state = output.last_hidden_state
+    if hidden_state == "penultimate":
+        hidden_states = output.hidden_states[-((clip_skip or 0) + 2)]
+    elif clip_skip:
+        hidden_states = _final_layer_norm(text_encoder)(output.hidden_states[-(clip_skip + 1)])
+    else:
+        hidden_states = last_hidden_state
+
+    if (weights != 1).any():
+        hidden_states = apply_weights(hidden_states, weights.to(hidden_states.dtype))
+
+    pooled = None
+    projection = getattr(text_encoder, "text_projection", None)
+    if projection is not None:
+        end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1)
+        pooled = projection(last_hidden_state[torch.arange(len(prompts), device=device), end_of_text])
+    return PromptEncoding(hidden_states, pooled)
+
+
+def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111 weighting: scale each token by its weight, then restore each prompt's original mean."""
+    original_mean = hidden_states.float().mean(dim=(1, 2), keepdim=True)
+    weighted = hidden_states * weights.unsqueeze(-1)
+    weighted_mean = weighted.float().mean(dim=(1, 2), keepdim=True)
+    return (weighted * (original_mean / weighted_mean)).to(hidden_states.dtype)
+
+
+@dataclass
+class TokenCount:
+    """A prompt's token count against an encoder limit, and where that encoder would cut it."""
+
+    num_tokens: int
+    limit: int
+    kept_text: str
+    dropped_text: str
+    cut_char: int | None
+
+    @property
+    def fits(self) -> bool:
+        return self.cut_char is None
+
+
+_WEIGHT_SYNTAX = re.compile(r"(?<!\\)[()\[\]]|:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)?$")
+
+
+def count_tokens(prompt: str, limit: int = 77, tokenizer: CLIPTokenizer | None = None) -> TokenCount:
+    """Count a prompt's tokens (weighting syntax excluded) and find where a ``limit``-token CLIP cuts it.
+
+    ``limit`` includes the start and end tokens, as CLIP's 77 does. ``cut_char`` is the index in ``prompt`` of the
+    first word that does not fit (``None`` when everything fits); ``kept_text``/``dropped_text`` split ``prompt`` there.
+    """
+    tokenizer = tokenizer or load_tokenizer()
+    total = len(weighted_token_ids(tokenizer, prompt)[0])
+    budget, used, cut_char = limit - 2, 0, None
+    words = list(re.finditer(r"\S+", prompt))
+    word_ids = tokenizer([clean_text(_WEIGHT_SYNTAX.sub("", word.group())) for word in words], add_special_tokens=False)
+    for word, ids in zip(words, word_ids["input_ids"]):
+        used += len(ids)
+        if used > budget:
+            cut_char = word.start()
+            break
+    if cut_char is None:
+        return TokenCount(total, limit, prompt, "", None)
+    return TokenCount(total, limit, prompt[:cut_char].rstrip(), prompt[cut_char:], cut_char)

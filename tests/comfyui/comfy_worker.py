@@ -1,0 +1,268 @@
+"""Runs inside ComfyUI's venv (see test_comfyui_nodes.py): imports ComfyUI and our nodes in-process, runs scenarios,
+prints one ``RESULT <json>`` line. Usage: python comfy_worker.py WORKDIR SCENARIO [SCENARIO …]"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FIXTURES = Path(os.environ.get("LONGCLIP_FIXTURES", "/work/shared/fixtures"))
+sys.path.insert(0, os.environ["LONGCLIP_COMFYUI_PATH"])
+sys.path.insert(0, str(HERE))
+
+from comfy.cli_args import args  # noqa: E402
+
+args.cpu = True
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import comfy.model_management  # noqa: E402,F401
+import comfy.sd  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes as core_nodes  # noqa: E402
+import tiny_models  # noqa: E402
+
+WORK = Path(sys.argv[1])
+TEXT_ENCODERS = WORK / "models" / "text_encoders"
+EMBEDDINGS = WORK / "models" / "embeddings"
+for folder in (TEXT_ENCODERS, EMBEDDINGS, WORK / "output"):
+    folder.mkdir(parents=True, exist_ok=True)
+folder_paths.add_model_folder_path("text_encoders", str(TEXT_ENCODERS), is_default=True)
+folder_paths.add_model_folder_path("embeddings", str(EMBEDDINGS), is_default=True)
+folder_paths.set_output_directory(str(WORK / "output"))
+
+
+def import_node_package():
+    """Import comfyui_node the way ComfyUI imports a custom-node folder, and list its nodes via comfy_entrypoint."""
+    spec = importlib.util.spec_from_file_location(
+        "longclip_comfyui_node", REPO / "comfyui_node" / "__init__.py",
+        submodule_search_locations=[str(REPO / "comfyui_node")],
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    extension = asyncio.run(module.comfy_entrypoint())
+    node_list = asyncio.run(extension.get_node_list())
+    return {cls.GET_SCHEMA().node_id: cls for cls in node_list}
+
+
+NODES = import_node_package()
+
+
+def run_node(node_id, **inputs):
+    return NODES[node_id].execute(**inputs).args
+
+
+def encode(clip, text):
+    ((cond, extra),) = core_nodes.CLIPTextEncode().encode(clip, text)[0]
+    return cond.float(), extra.get("pooled_output")
+
+
+def long_prompt(last_word="red"):
+    words = " ".join(f"object{i} is round," for i in range(40))  # ≈ 160 tokens
+    return f"a photo of {words} and the final object is {last_word}"
+
+
+def write_long_clip_l(name="longclip-L-tiny.safetensors", **kwargs):
+    path = TEXT_ENCODERS / name
+    if not path.exists():
+        save_file(tiny_models.openai_text_state_dict(**kwargs), str(path))
+    return name
+
+
+def diff(a, b):
+    return float((a.float() - b.float()).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def scenario_nodes():
+    info = {node_id: cls.GET_SCHEMA().display_name for node_id, cls in NODES.items()}
+    return {"nodes": info}
+
+
+def scenario_sd15():
+    name = write_long_clip_l()
+    (clip,) = run_node("LongCLIPLoader", clip_name=name)
+    cond, pooled = encode(clip, long_prompt("red"))
+    cond_blue, _ = encode(clip, long_prompt("blue"))
+    short, _ = encode(clip, "a photo of a cat")
+    weighted, _ = encode(clip, "a photo of a (cat:1.5)")
+    (skip,) = core_nodes.CLIPSetLastLayer().set_last_layer(clip, -2)
+    skipped, _ = encode(skip, "a photo of a cat")
+
+    lora = {}
+    for layer in range(2):
+        key = f"lora_te_text_model_encoder_layers_{layer}_mlp_fc1"
+        lora[key + ".lora_up.weight"] = torch.randn(256, 4) * 0.5
+        lora[key + ".lora_down.weight"] = torch.randn(4, 768) * 0.5
+        lora[key + ".alpha"] = torch.tensor(4.0)
+    _, lora_clip = comfy.sd.load_lora_for_models(None, clip, lora, 0.0, 1.0)
+    with_lora, _ = encode(lora_clip, "a photo of a cat")
+
+    torch.manual_seed(0)
+    save_file({"emb_params": torch.randn(2, 768) * 0.5}, str(EMBEDDINGS / "tinyemb.safetensors"))
+    with_embedding, _ = encode(clip, "a photo of a cat embedding:tinyemb")
+    without_embedding, _ = encode(clip, "a photo of a cat")
+
+    return {
+        "patcher": type(clip.patcher).__name__,
+        "shape": list(cond.shape),
+        "tokens_past_77_change": diff(cond[:, 150:], cond_blue[:, 150:]),
+        "tokens_before_change_equal": diff(cond[:, :140], cond_blue[:, :140]),
+        "short_shape": list(short.shape),
+        "weighting_changes": diff(short, weighted),
+        "clip_skip_changes": diff(short, skipped),
+        "lora_changes": diff(short, with_lora),
+        "embedding_changes": diff(with_embedding, without_embedding),
+        "max_length": clip.tokenizer.clip_l.max_length,
+    }
+
+
+def sdxl_clip(l_positions=77, g_positions=77):
+    """An SDXL CLIP built the way a checkpoint loader builds it (SDXLClipModel + SDXLTokenizer), tiny depth."""
+    import types
+
+    import comfy.sdxl_clip
+
+    l_sd = tiny_models.comfy_text_state_dict(width=768, layers=3, positions=l_positions, seed=3)
+    g_sd = tiny_models.comfy_text_state_dict(width=1280, layers=3, positions=g_positions, seed=4)
+    state_dict = {"clip_l.transformer." + k: v for k, v in l_sd.items()}
+    state_dict.update({"clip_g.transformer." + k: v for k, v in g_sd.items()})
+    config = {"num_hidden_layers": 3, "intermediate_size": 256}
+    target = types.SimpleNamespace(clip=comfy.sdxl_clip.SDXLClipModel, tokenizer=comfy.sdxl_clip.SDXLTokenizer, params={})
+    clip = comfy.sd.CLIP(
+        target,
+        model_options={
+            "clip_l_model_config": {**config, "max_position_embeddings": l_positions},
+            "clip_g_model_config": {**config, "max_position_embeddings": g_positions},
+        },
+    )
+    clip.load_sd(state_dict, full_model=True)
+    return clip, g_sd
+
+
+def scenario_sdxl():
+    from longclip_diffusion import positions
+
+    name = write_long_clip_l()
+    base, g_sd = sdxl_clip()
+    base_cond, _ = encode(base, long_prompt("red"))
+    (clip,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4)
+    cond, pooled = encode(clip, long_prompt("red"))
+    cond_blue, pooled_blue = encode(clip, long_prompt("blue"))
+    g_table = clip.cond_stage_model.clip_g.transformer.text_model.embeddings.position_embedding.weight
+    expected = positions.stretch_positions(g_sd["text_model.embeddings.position_embedding.weight"].float())
+    return {
+        "base_shape": list(base_cond.shape),
+        "shape": list(cond.shape),
+        "pooled_shape": list(pooled.shape),
+        "clip_l_past_77_change": diff(cond[:, 150:, :768], cond_blue[:, 150:, :768]),
+        "clip_g_past_77_change": diff(cond[:, 150:, 768:], cond_blue[:, 150:, 768:]),
+        "pooled_change": diff(pooled, pooled_blue),
+        "g_table_vs_kps": diff(g_table, expected),
+        "g_max_length": clip.tokenizer.clip_g.max_length,
+        "l_max_length": clip.tokenizer.clip_l.max_length,
+    }
+
+
+def scenario_stretch():
+    from longclip_diffusion import positions
+
+    base, g_sd = sdxl_clip()
+    (clip,) = run_node("LongCLIPStretchKPS", clip=base, keep=20, ratio=4)
+    cond, pooled = encode(clip, long_prompt("red"))
+    cond_blue, _ = encode(clip, long_prompt("blue"))
+    g_table = clip.cond_stage_model.clip_g.transformer.text_model.embeddings.position_embedding.weight
+    expected = positions.stretch_positions(g_sd["text_model.embeddings.position_embedding.weight"].float())
+    return {
+        "shape": list(cond.shape),
+        "pooled_shape": list(pooled.shape),
+        "past_77_change": diff(cond[:, 150:], cond_blue[:, 150:]),
+        "g_table_vs_kps": diff(g_table, expected),
+        "input_untouched_length": base.tokenizer.clip_l.max_length,
+    }
+
+
+def scenario_token_count():
+    (tokens, dropped) = run_node("LongCLIPPromptTokenCount", text=long_prompt("red"), limit=77)
+    (short_tokens, short_dropped) = run_node("LongCLIPPromptTokenCount", text="a photo of a cat", limit=77)
+    return {"tokens": tokens, "dropped": dropped, "short_tokens": short_tokens, "short_dropped": short_dropped}
+
+
+def scenario_fidelity():
+    """Our loader reproduces the official outputs on a file whose two tables differ; core's conversion does not."""
+    import comfy.utils
+
+    args.fp32_text_enc = True
+    shutil.copy(FIXTURES / "longclip-reference-tiny.safetensors", TEXT_ENCODERS / "reference-tiny.safetensors")
+    reference = load_file(str(FIXTURES / "longclip-reference-tiny-outputs.safetensors"))
+    ids, hidden = reference["input_ids"], reference["last_hidden_state"]
+
+    (ours,) = run_node("LongCLIPLoader", clip_name="reference-tiny.safetensors")
+    # Core's own path for an OpenAI-layout file (what CLIPLoader does), given the tiny shapes it cannot infer itself.
+    raw = comfy.utils.load_torch_file(str(TEXT_ENCODERS / "reference-tiny.safetensors"), safe_load=True)
+    raw = {k: v for k, v in raw.items() if not k.startswith("visual.") and k != "text_projection"}
+    config = {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512, "num_hidden_layers": 3}
+    core = comfy.sd.load_text_encoder_state_dicts([raw], model_options={"model_config": config})
+    try:
+        core_nodes.CLIPLoader().load_clip("reference-tiny.safetensors")
+        core_loader_error = None
+    except Exception as error:  # core CLIPLoader assumes CLIP-L's 768 width
+        core_loader_error = type(error).__name__
+
+    ours_err, core_err = 0.0, 0.0
+    for row in range(ids.shape[0]):
+        tokens = {"l": [[(int(t), 1.0) for t in ids[row]]]}
+        end = int((ids[row] == 49407).nonzero()[0]) + 1
+        ours_out = ours.encode_from_tokens(tokens)[0, :end].float()
+        core_out = core.encode_from_tokens(tokens)[0, :end].float()
+        ours_err = max(ours_err, diff(ours_out, hidden[row, :end]))
+        core_err = max(core_err, diff(core_out, hidden[row, :end]))
+    args.fp32_text_enc = False
+    return {"ours_max_error": ours_err, "core_max_error": core_err, "core_cliploader_error": core_loader_error,
+            "rows": int(ids.shape[0])}
+
+
+def scenario_roundtrip():
+    """Full CLIP-L shape: Save Long-CLIP → core CLIPLoader gives our loader's outputs; core on the raw file differs."""
+    args.fp32_text_enc = True
+    name = write_long_clip_l("longclip-L-full.safetensors", layers=12, intermediate=3072, seed=5)
+    (ours,) = run_node("LongCLIPLoader", clip_name=name)
+    run_node("SaveLongCLIP", clip=ours, filename_prefix="text_encoders/roundtrip", encoder="clip_l")
+    (saved,) = list((WORK / "output" / "text_encoders").glob("roundtrip*.safetensors"))
+    shutil.move(str(saved), TEXT_ENCODERS / "roundtrip.safetensors")
+    (reloaded,) = core_nodes.CLIPLoader().load_clip("roundtrip.safetensors")
+    (core_raw,) = core_nodes.CLIPLoader().load_clip(name)
+    prompt = long_prompt("red")
+    ours_cond, _ = encode(ours, prompt)
+    reloaded_cond, _ = encode(reloaded, prompt)
+    core_cond, _ = encode(core_raw, prompt)
+    args.fp32_text_enc = False
+    return {
+        "shape": list(reloaded_cond.shape),
+        "reloaded_vs_ours": diff(reloaded_cond, ours_cond),
+        "core_raw_vs_ours": diff(core_cond, ours_cond),
+        "core_raw_first_20_vs_ours": diff(core_cond[:, :20], ours_cond[:, :20]),
+        "saved_keys_sample": sorted(load_file(str(TEXT_ENCODERS / "roundtrip.safetensors")))[:3],
+    }
+
+
+if __name__ == "__main__":
+    results = {}
+    for scenario in sys.argv[2:]:
+        try:
+            results[scenario] = globals()[f"scenario_{scenario}"]()
+        except Exception:
+            results[scenario] = {"error": traceback.format_exc()}
+    print("RESULT " + json.dumps(results), flush=True)

@@ -350,20 +350,38 @@ def _load_text_file(path: Path, model_class: type[PreTrainedModel], keep: int) -
     return _build(model_class, config, converted, str(path))
 
 
-def _load_pretrained(source: str | os.PathLike, model_class: type[PreTrainedModel], subfolder: str | None):
+def _load_pretrained(source: str | os.PathLike, model_class: type[PreTrainedModel], subfolder: str | None, keep: int = KEEP):
     folder = Path(source)
-    if subfolder is None and folder.is_dir() and not (folder / "config.json").exists():
-        if (folder / "text_encoder" / "config.json").exists():
+    if folder.is_dir():
+        if subfolder is None and not (folder / "config.json").exists():
+            if not (folder / "text_encoder" / "config.json").exists():
+                raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json); {_EXPECTED}.")
             subfolder = "text_encoder"
-        else:
-            raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json); {_EXPECTED}.")
+        return model_class.from_pretrained(str(folder), subfolder=subfolder or "").eval()
     try:
         return model_class.from_pretrained(str(source), subfolder=subfolder or "").eval()
     except OSError as error:
+        checkpoint = _hub_single_checkpoint(str(source)) if subfolder is None else None
+        if checkpoint is not None:
+            return _load_text_file(checkpoint, model_class, keep) if model_class is not CLIPModel else load_clip_model(checkpoint)
         raise CheckpointError(
-            f"{source}: could not be loaded as a file, folder or Hub id ({str(error).splitlines()[0]}). "
+            f"{source}: no such file or folder, and not loadable as a Hub id ({str(error).splitlines()[0]}). "
             "Check the path; a Hub id needs network access (or a filled cache with HF_HUB_OFFLINE=1)."
         ) from error
+
+
+def _hub_single_checkpoint(repo_id: str) -> Path | None:
+    """The one weights file of a Hub repo without config.json (e.g. BeichenZhang/LongCLIP-L's longclip-L.pt)."""
+    from huggingface_hub import hf_hub_download, list_repo_files
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        files = [name for name in list_repo_files(repo_id) if name.endswith((".pt", ".pth", ".safetensors"))]
+    except (OSError, HFValidationError, ValueError):
+        return None
+    if len(files) != 1:
+        return None
+    return Path(hf_hub_download(repo_id, files[0]))
 
 
 def load_clip_model(source: str | os.PathLike | CLIPModel, keep: int = KEEP) -> CLIPModel:

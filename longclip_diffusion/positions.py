@@ -41,7 +41,7 @@ def stretch_positions(table: torch.Tensor, keep: int = 20, ratio: int = 4) -> to
     if ratio < 1:
         raise ValueError(f"`ratio` must be a positive integer; got {ratio}.")
 
-    source = table.float()
+    source = table.to(torch.promote_types(table.dtype, torch.float32))
     steps = torch.arange(ratio, dtype=source.dtype, device=source.device).view(1, ratio, 1)
     left, right = source[keep:-1].unsqueeze(1), source[keep + 1 :].unsqueeze(1)
     interpolated = ((ratio - steps) * left + steps * right) / ratio

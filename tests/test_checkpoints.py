@@ -1,0 +1,219 @@
+"""Checkpoints: every format read with reference fidelity (≤ 1e-5 fp32), written in standard formats, safe errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from longclip_diffusion.checkpoints import (
+    CheckpointError,
+    convert,
+    detect_format,
+    load_clip_model,
+    load_text_encoder,
+    read_state_dict,
+    save_comfy_file,
+    save_diffusers,
+    save_openai_file,
+)
+from longclip_diffusion.tokenizer import tokenize
+
+TOLERANCE = dict(rtol=0, atol=1e-5)
+
+
+def reference_forward(state_dict: dict[str, torch.Tensor], input_ids: torch.Tensor, keep: int = 20):
+    """Long-CLIP's text forward from the published equations, on an OpenAI-format state dict.
+
+    x = tok_emb + pe·mask(<keep) + pe_res·mask(≥keep); pre-LN blocks with causal multi-head attention (heads = width/64)
+    and a QuickGELU MLP; ln_final; pooled = x[argmax id] @ text_projection.
+    """
+    sd = state_dict
+    width = sd["ln_final.weight"].shape[0]
+    heads = width // 64
+    table = sd["positional_embedding"].clone()
+    if "positional_embedding_res" in sd:
+        table[keep:] = sd["positional_embedding_res"][keep:]
+    x = sd["token_embedding.weight"][input_ids] + table[: input_ids.shape[1]]
+    length = input_ids.shape[1]
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}."
+        h = F.layer_norm(x, (width,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps=1e-5)
+        q, k, v = (h @ sd[p + "attn.in_proj_weight"].t() + sd[p + "attn.in_proj_bias"]).chunk(3, dim=-1)
+        split = lambda t: t.view(t.shape[0], length, heads, width // heads).transpose(1, 2)
+        scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(width // heads) + causal
+        attended = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(x.shape)
+        x = x + attended @ sd[p + "attn.out_proj.weight"].t() + sd[p + "attn.out_proj.bias"]
+        h = F.layer_norm(x, (width,), sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps=1e-5)
+        h = h @ sd[p + "mlp.c_fc.weight"].t() + sd[p + "mlp.c_fc.bias"]
+        h = h * torch.sigmoid(1.702 * h)
+        x = x + h @ sd[p + "mlp.c_proj.weight"].t() + sd[p + "mlp.c_proj.bias"]
+    x = F.layer_norm(x, (width,), sd["ln_final.weight"], sd["ln_final.bias"], eps=1e-5)
+    pooled = x[torch.arange(x.shape[0]), input_ids.argmax(dim=-1)] @ sd["text_projection"]
+    return x, pooled
+
+
+def random_openai_state_dict(width=192, layers=2, positions=248, embed_dim=96, vocab=49408, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.05
+    sd = {
+        "token_embedding.weight": r(vocab, width),
+        "positional_embedding": r(positions, width),
+        "positional_embedding_res": r(positions, width),
+        "ln_final.weight": 1 + r(width),
+        "ln_final.bias": r(width),
+        "text_projection": r(width, embed_dim),
+        "logit_scale": torch.tensor(4.6052),
+    }
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}."
+        sd.update({
+            p + "attn.in_proj_weight": r(3 * width, width), p + "attn.in_proj_bias": r(3 * width),
+            p + "attn.out_proj.weight": r(width, width), p + "attn.out_proj.bias": r(width),
+            p + "ln_1.weight": 1 + r(width), p + "ln_1.bias": r(width),
+            p + "ln_2.weight": 1 + r(width), p + "ln_2.bias": r(width),
+            p + "mlp.c_fc.weight": r(4 * width, width), p + "mlp.c_fc.bias": r(4 * width),
+            p + "mlp.c_proj.weight": r(width, 4 * width), p + "mlp.c_proj.bias": r(width),
+        })
+    return sd
+
+
+def assert_matches_reference(model, reference):
+    with torch.no_grad():
+        output = model(reference["input_ids"])
+    torch.testing.assert_close(output.last_hidden_state, reference["last_hidden_state"], **TOLERANCE)
+    if hasattr(output, "text_embeds"):
+        torch.testing.assert_close(output.text_embeds, reference["text_embeds"], **TOLERANCE)
+
+
+def test_official_safetensors_matches_official_outputs(reference, reference_checkpoint):
+    assert_matches_reference(load_text_encoder(reference_checkpoint, with_projection=True), reference)
+
+
+def test_independent_forward_reproduces_official_outputs(reference, reference_checkpoint):
+    """The re-derived forward used below agrees with the official code, so it is a valid reference."""
+    hidden, pooled = reference_forward(load_file(str(reference_checkpoint)), reference["input_ids"])
+    torch.testing.assert_close(hidden, reference["last_hidden_state"], **TOLERANCE)
+    torch.testing.assert_close(pooled, reference["text_embeds"], **TOLERANCE)
+
+
+def test_official_pickle_and_text_only_files(tmp_path, reference, reference_checkpoint):
+    state_dict = load_file(str(reference_checkpoint))
+    torch.save(state_dict, tmp_path / "longclip.pt")
+    assert_matches_reference(load_text_encoder(tmp_path / "longclip.pt", with_projection=True), reference)
+    text_only = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
+    torch.save({f"module.{k}": v for k, v in text_only.items()}, tmp_path / "text-only-ddp.pt")
+    assert_matches_reference(load_text_encoder(tmp_path / "text-only-ddp.pt", with_projection=True), reference)
+
+
+def test_position_residual_table_is_used_from_row_20(reference_checkpoint):
+    state_dict = load_file(str(reference_checkpoint))
+    assert not torch.equal(state_dict["positional_embedding"][20:], state_dict["positional_embedding_res"][20:])
+    model = load_text_encoder(reference_checkpoint)
+    table = model.embeddings.position_embedding.weight
+    torch.testing.assert_close(table[:20], state_dict["positional_embedding"][:20], rtol=0, atol=0)
+    torch.testing.assert_close(table[20:], state_dict["positional_embedding_res"][20:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("width, layers, positions", [(192, 2, 248), (64, 1, 77), (256, 3, 248)])
+def test_random_sizes_match_independent_forward(tmp_path, width, layers, positions):
+    state_dict = random_openai_state_dict(width=width, layers=layers, positions=positions, seed=width)
+    save_file(state_dict, str(tmp_path / "random.safetensors"))
+    model = load_text_encoder(tmp_path / "random.safetensors", with_projection=True)
+    ids = tokenize(["a cat", "a long prompt about many things " * 12, ""], context_length=positions)
+    hidden, pooled = reference_forward(state_dict, ids)
+    with torch.no_grad():
+        output = model(ids)
+    torch.testing.assert_close(output.last_hidden_state, hidden, **TOLERANCE)
+    torch.testing.assert_close(output.text_embeds, pooled, **TOLERANCE)
+
+
+def test_diffusers_folder_loads_with_plain_from_pretrained(tmp_path, reference, reference_checkpoint):
+    convert(reference_checkpoint, tmp_path / "converted")
+    assert_matches_reference(CLIPTextModel.from_pretrained(tmp_path / "converted" / "text_encoder"), reference)
+    with_projection = CLIPTextModelWithProjection.from_pretrained(tmp_path / "converted" / "text_encoder")
+    assert_matches_reference(with_projection, reference)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "converted" / "tokenizer")
+    assert tokenizer.model_max_length == 248
+    assert (tmp_path / "converted" / "tokenizer" / "vocab.json").exists()
+    assert tokenizer("a cat").input_ids == tokenize("a cat")[0, :4].tolist()
+    # our own loader reads the folder too (whole folder or the text_encoder subfolder)
+    assert_matches_reference(load_text_encoder(tmp_path / "converted", with_projection=True), reference)
+
+
+def test_comfy_file_layout_and_round_trip(tmp_path, reference, reference_checkpoint):
+    path = convert(reference_checkpoint, tmp_path / "longclip-L.safetensors")
+    keys = set(load_file(str(path)))
+    assert "text_model.embeddings.position_embedding.weight" in keys and "text_projection.weight" in keys
+    assert load_file(str(path))["text_model.embeddings.position_embedding.weight"].shape[0] == 248
+    assert detect_format(load_file(str(path))) == "transformers"
+    assert_matches_reference(load_text_encoder(path, with_projection=True), reference)
+    prefixed = {f"clip_l.{k}": v for k, v in load_file(str(path)).items()}
+    save_file(prefixed, str(tmp_path / "prefixed.safetensors"))
+    assert detect_format(prefixed) == "comfy"
+    assert_matches_reference(load_text_encoder(tmp_path / "prefixed.safetensors", with_projection=True), reference)
+
+
+def test_openai_export_round_trip(tmp_path, reference, reference_checkpoint):
+    model = load_clip_model(reference_checkpoint)
+    save_openai_file(model, tmp_path / "export.pt")
+    exported = torch.load(tmp_path / "export.pt", weights_only=True)
+    original = load_file(str(reference_checkpoint))
+    assert set(original) <= set(exported)
+    for key in original:
+        if not key.startswith("positional_embedding"):
+            torch.testing.assert_close(exported[key], original[key], rtol=0, atol=0, msg=key)
+    hidden, pooled = reference_forward(exported, reference["input_ids"])
+    torch.testing.assert_close(hidden, reference["last_hidden_state"], **TOLERANCE)
+    torch.testing.assert_close(pooled, reference["text_embeds"], **TOLERANCE)
+
+
+def test_corrupt_truncated_and_foreign_files_name_the_file(tmp_path, reference_checkpoint):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(reference_checkpoint.read_bytes()[:5000])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    foreign = tmp_path / "unet.safetensors"
+    save_file({"conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(foreign))
+    for path, message in [(truncated, "truncated"), (garbage, "cannot be read"), (foreign, "expected a CLIP text encoder")]:
+        with pytest.raises(CheckpointError, match=message) as error:
+            load_text_encoder(path)
+        assert str(path) in str(error.value)
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+
+    torch.save({"positional_embedding": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_state_dict(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_convert_is_atomic(tmp_path, reference_checkpoint, monkeypatch):
+    destination = tmp_path / "out.safetensors"
+    destination.write_bytes(b"previous")
+
+    def failing_save(*args, **kwargs):
+        Path(args[1]).write_bytes(b"half-written")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("longclip_diffusion.checkpoints.save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        convert(reference_checkpoint, destination)
+    assert destination.read_bytes() == b"previous"
+    assert list(tmp_path.iterdir()) == [destination]
+
+
+def test_safetensors_reads_only_requested_tensors(reference_checkpoint):
+    text_only = read_state_dict(reference_checkpoint, include=("transformer.", "token_embedding"))
+    assert text_only and not any(key.startswith("visual.") for key in text_only)

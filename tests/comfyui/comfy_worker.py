@@ -258,6 +258,14 @@ def scenario_roundtrip():
     }
 
 
+def scenario_server_models():
+    """Files for the headless server test: a tiny SD1.5-shaped UNet and a 768-wide Long-CLIP-L."""
+    unet_dir = WORK / "models" / "diffusion_models"
+    unet_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_models.sd15_unet_state_dict(), str(unet_dir / "tiny-sd15.safetensors"))
+    return {"unet": "tiny-sd15.safetensors", "clip": write_long_clip_l()}
+
+
 if __name__ == "__main__":
     results = {}
     for scenario in sys.argv[2:]:

@@ -81,17 +81,15 @@ def comfy_text_state_dict(width=1280, layers=3, intermediate=256, positions=77, 
 
 def sd15_unet_state_dict(seed=2, dtype=torch.float16):
     """An SD1.5-shaped UNet with one level (model_channels 320, context_dim 768), keys as in an LDM checkpoint."""
-    import sys
-
-    sys.path  # ComfyUI's own UNet class builds the exact key set; imported lazily (ComfyUI venv only).
+    # ComfyUI's own UNet class gives the exact key set; imported here because only ComfyUI's venv has it.
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     import comfy.ops
 
     torch.manual_seed(seed)
     unet = UNetModel(
-        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1], attention_resolutions=[1],
+        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
         channel_mult=[1], num_heads=8, transformer_depth=[1], transformer_depth_middle=1, context_dim=768,
-        use_linear_in_transformer=False, use_spatial_transformer=True, transformer_depth_output=[1, 1],
+        use_linear_in_transformer=False, use_spatial_transformer=True, transformer_depth_output=[1, 1], legacy=False,
         dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
     )
     sd = {}

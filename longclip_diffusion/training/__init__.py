@@ -1,0 +1,1 @@
+"""Long-CLIP training: KPS + primary-component-matching fine-tuning, data, evaluation and export."""

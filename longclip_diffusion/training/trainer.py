@@ -237,3 +237,33 @@ class Trainer:
         metrics["logit_scale"] = self.model.logit_scale.exp().item()
         self.logger.log(self.step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+
+
+def run_training(config: TrainConfig) -> dict[str, Path]:
+    """Everything ``longclip train`` does: join the process group, load the base model and data, train, export.
+
+    Returns the exported paths (empty on ranks other than 0).
+    """
+    from .. import checkpoints
+    from .config import save_config
+    from .data import load_dataset
+    from .distributed import init_distributed
+    from .export import export_model
+
+    if not config.base_model:
+        raise ValueError("no base model given; set base_model (an OpenAI/Long-CLIP file or a transformers CLIP folder)")
+    context = init_distributed()
+    model = checkpoints.load_clip_model(config.base_model)
+    dataset = load_dataset(
+        config.train_data, model.config.vision_config.image_size, config.data_format, config.image_root, config.skip_first
+    )
+    trainer = Trainer(config, model, dataset, context)
+    if context.is_main:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, trainer.output_dir / "config.yaml")
+    trained = trainer.train()
+    written = export_model(trained, trainer.output_dir / "export", config.export) if context.is_main else {}
+    if context.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    return written

@@ -1,0 +1,439 @@
+"""The Gradio app: long prompt to image, Long-CLIP and stock CLIP side by side.
+
+Wiring only. ``build_demo(model_loader=...)`` returns a ``gr.Blocks`` (tests inject tiny models
+through ``model_loader``); ``launch_demo`` serves it (127.0.0.1 unless asked otherwise);
+``add_commands(subparsers)`` adds ``longclip demo`` to the core command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DemoInputError, friendly_error
+from .examples import EXAMPLES
+from .models import (
+    LONG_CLIP_L,
+    SD15_BASE,
+    SDXL_BASE,
+    EmbeddingCache,
+    ModelCache,
+    ModelLoader,
+    ModelSpec,
+    encode,
+    load_models,
+)
+from .tokens import CLIP_LIMIT, LONG_CLIP_LIMIT, token_counter_html
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+SD15 = "SD 1.5"
+SDXL = "SDXL"
+FAMILIES = (SD15, SDXL)
+DEFAULT_SIZE = {SD15: 512, SDXL: 1024}
+DEFAULT_BASE = {SD15: SD15_BASE, SDXL: SDXL_BASE}
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+
+CSS = """
+#token-counter .token-counter { font-size: 0.95em; line-height: 1.5; }
+#token-counter .token-summary { margin-bottom: 0.3em; }
+#token-counter .token-count { font-weight: 700; }
+#token-counter .cut .token-count, #token-counter .over .token-count { color: #b45309; }
+#token-counter .token-text { max-height: 12em; overflow-y: auto; opacity: 0.9; }
+#token-counter del.clip-dropped {
+  text-decoration: line-through; text-decoration-color: #dc2626; text-decoration-thickness: 2px;
+  color: #b91c1c; background: rgba(239, 68, 68, 0.12);
+}
+#token-counter mark.longclip-dropped { background: #fde68a; color: inherit; }
+#status .status { padding: 0.5em 0.75em; border-radius: 6px; }
+#status .status.ok { background: rgba(34, 197, 94, 0.12); }
+#status .status.error { background: rgba(239, 68, 68, 0.15); color: #991b1b; font-weight: 600; }
+"""
+
+
+@dataclass
+class GenerationResult:
+    long_image: Any
+    stock_image: Any
+    seed: int | None
+    ok: bool
+    message: str
+
+    @property
+    def status_html(self) -> str:
+        kind = "ok" if self.ok else "error"
+        role = "status" if self.ok else "alert"
+        return f"<div class='status {kind}' role='{role}'>{html.escape(self.message)}</div>"
+
+
+def _family_is_sdxl(family: str) -> bool:
+    if family not in FAMILIES:
+        raise DemoInputError(f"Unknown model family {family!r}: choose {SD15} or {SDXL}.")
+    return family == SDXL
+
+
+def _checked_int(value: Any, name: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"{name} must be a number, got {value!r}.") from None
+    if number != int(number) or not low <= number <= high:
+        raise DemoInputError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(number)
+
+
+class DemoBackend:
+    """Everything the page's buttons do, without Gradio (tests call it directly)."""
+
+    def __init__(
+        self,
+        model_loader: ModelLoader | None = None,
+        *,
+        tokenizer: Any = None,
+        max_models: int = 1,
+        embedding_cache_size: int = 32,
+    ):
+        self.models = ModelCache(model_loader or load_models, max_models=max_models)
+        self.embeddings = EmbeddingCache(embedding_cache_size)
+        self.tokenizer = tokenizer
+
+    # -- token counter ---------------------------------------------------------------------
+    def count(self, prompt: str) -> str:
+        try:
+            return token_counter_html(prompt, tokenizer=self.tokenizer)
+        except Exception as exc:  # the counter must never break the page
+            logger.exception("token counter failed")
+            return f"<div class='token-counter error'>{html.escape(friendly_error(exc))}</div>"
+
+    # -- generation ------------------------------------------------------------------------
+    def _embeddings(self, pipe: Any, spec: ModelSpec, encoder: str, prompt: str, negative: str) -> dict:
+        key = (spec, encoder, prompt, negative)
+        return self.embeddings.get(key, lambda: encode(pipe, prompt, negative))
+
+    def _run(self, pipe, embeds, *, seed, steps, guidance, width, height, on_step) -> Any:
+        import torch
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+
+        def callback(_pipe, i, _t, callback_kwargs):
+            on_step(i + 1)
+            return callback_kwargs
+
+        output = pipe(
+            **embeds,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            generator=generator,
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+        return output.images[0]
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: Any = 0,
+        steps: Any = 25,
+        guidance: Any = 7.5,
+        width: Any = 512,
+        height: Any = 512,
+        family: str = SD15,
+        base: str = SD15_BASE,
+        long_clip: str = LONG_CLIP_L,
+        compare: bool = True,
+        progress: Callable[..., Any] | None = None,
+    ) -> GenerationResult:
+        progress = progress or (lambda *args, **kwargs: None)
+        used_seed = None
+        spec = None
+        try:
+            prompt = (prompt or "").strip()
+            negative_prompt = (negative_prompt or "").strip()
+            if not prompt:
+                raise DemoInputError("Type a prompt first.")
+            if seed is None or seed == "":
+                seed = random.randint(0, MAX_SEED)
+            used_seed = _checked_int(seed, "Seed", 0, MAX_SEED)
+            steps = _checked_int(steps, "Steps", 1, MAX_STEPS)
+            width = _checked_int(width, "Width", MIN_SIZE, MAX_SIZE)
+            height = _checked_int(height, "Height", MIN_SIZE, MAX_SIZE)
+            if width % 8 or height % 8:
+                raise DemoInputError(f"Width and height must be multiples of 8, got {width}×{height}.")
+            try:
+                guidance = float(guidance)
+            except (TypeError, ValueError):
+                raise DemoInputError(f"Guidance must be a number, got {guidance!r}.") from None
+            if not 0.0 <= guidance <= MAX_GUIDANCE:
+                raise DemoInputError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}, got {guidance:g}.")
+            base, long_clip = (base or "").strip(), (long_clip or "").strip()
+            if not base:
+                raise DemoInputError("Choose a base model: a Hub id or a local folder.")
+            if not long_clip:
+                raise DemoInputError('Choose a Long-CLIP checkpoint (file, folder, Hub id) or "stretch".')
+            spec = ModelSpec(base=base, long_clip=long_clip, sdxl=_family_is_sdxl(family))
+
+            runs = 2 if compare else 1
+            total = steps * runs
+            loaded = spec in self.models
+            progress(0.0, desc="Loading models (first time only)…" if not loaded else "Starting…")
+            started = time.perf_counter()
+            models = self.models.get(spec)
+            pipes = [("long", models.long_clip)]
+            if compare:
+                pipes.append(("stock", models.stock()))
+
+            images = {}
+            cached = 0
+            for index, (encoder, pipe) in enumerate(pipes):
+                label = "Long-CLIP" if encoder == "long" else "stock CLIP"
+                hits_before = self.embeddings.hits
+                progress((index * steps, total), desc=f"Encoding prompt ({label})…", unit="steps")
+                embeds = self._embeddings(pipe, spec, encoder, prompt, negative_prompt)
+                cached += self.embeddings.hits - hits_before
+
+                def on_step(done, index=index, label=label):
+                    progress((index * steps + done, total), desc=f"{label}: step {done}/{steps}", unit="steps")
+
+                images[encoder] = self._run(
+                    pipe, embeds, seed=used_seed, steps=steps, guidance=guidance,
+                    width=width, height=height, on_step=on_step,
+                )
+            elapsed = time.perf_counter() - started
+            what = "Long-CLIP and stock CLIP" if compare else "Long-CLIP"
+            note = " (prompt embeddings from cache)" if cached == len(pipes) else ""
+            message = (
+                f"{what}: seed {used_seed}, {steps} steps, guidance {guidance:g}, "
+                f"{width}×{height}, {elapsed:.1f} s{note}."
+            )
+            return GenerationResult(images.get("long"), images.get("stock"), used_seed, True, message)
+        except Exception as exc:  # shown in the page; the server keeps serving
+            if not isinstance(exc, DemoInputError):
+                logger.exception("generation failed")
+            model = spec.base if spec is not None else None
+            return GenerationResult(None, None, used_seed, False, friendly_error(exc, model=model))
+
+
+def _family_changed(family: str, base: str, width: int, height: int):
+    """Switching SD 1.5 / SDXL swaps the default base model and size (custom values are kept)."""
+    other = SD15 if family == SDXL else SDXL
+    if not base or base.strip() == DEFAULT_BASE[other]:
+        base = DEFAULT_BASE.get(family, base)
+    if width == DEFAULT_SIZE[other] and height == DEFAULT_SIZE[other]:
+        width = height = DEFAULT_SIZE.get(family, width)
+    return base, width, height
+
+
+def build_demo(
+    model_loader: ModelLoader | None = None,
+    *,
+    base: str | None = None,
+    long_clip: str = LONG_CLIP_L,
+    sdxl: bool = False,
+    tokenizer: Any = None,
+    max_models: int = 1,
+    embedding_cache_size: int = 32,
+    max_queue: int = 16,
+    backend: DemoBackend | None = None,
+):
+    """Build the page. ``model_loader(ModelSpec) -> LoadedModels`` defaults to the library pipelines."""
+    import gradio as gr
+
+    backend = backend or DemoBackend(
+        model_loader, tokenizer=tokenizer, max_models=max_models, embedding_cache_size=embedding_cache_size
+    )
+    family_default = SDXL if sdxl else SD15
+    base = base or DEFAULT_BASE[family_default]
+    size = DEFAULT_SIZE[family_default]
+    first_prompt, first_negative = EXAMPLES[0][1], EXAMPLES[0][2]
+
+    with gr.Blocks(title="Long-CLIP diffusion", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# Long-CLIP diffusion\n"
+            f"Stock CLIP reads **{CLIP_LIMIT} tokens** of a prompt and silently drops the rest; "
+            f"Long-CLIP reads **{LONG_CLIP_LIMIT}**. Type a long prompt, watch where CLIP would cut it, "
+            "and compare both on the same seed."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(
+                    label="Prompt", value=first_prompt, lines=6, max_lines=20, elem_id="prompt",
+                    placeholder="A long, detailed description…",
+                )
+                counter = gr.HTML(backend.count(first_prompt), elem_id="token-counter")
+                negative = gr.Textbox(label="Negative prompt", value=first_negative, lines=2, elem_id="negative")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=2)
+                    compare = gr.Checkbox(
+                        label="Also generate with stock CLIP (same seed)", value=True, elem_id="compare", scale=3
+                    )
+                with gr.Accordion("Settings", open=True):
+                    with gr.Row(equal_height=True):
+                        seed = gr.Number(
+                            label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed", scale=3
+                        )
+                        randomize = gr.Button("🎲 Randomise", elem_id="randomize", scale=1)
+                    steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
+                    guidance = gr.Slider(0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                    with gr.Row():
+                        width = gr.Slider(MIN_SIZE, MAX_SIZE, value=size, step=64, label="Width", elem_id="width")
+                        height = gr.Slider(MIN_SIZE, MAX_SIZE, value=size, step=64, label="Height", elem_id="height")
+                with gr.Accordion("Model", open=False):
+                    family = gr.Radio(list(FAMILIES), value=family_default, label="Model family", elem_id="family")
+                    base_box = gr.Textbox(label="Base model (Hub id or local folder)", value=base, elem_id="base")
+                    long_clip_box = gr.Textbox(
+                        label='Long-CLIP checkpoint (file, folder, Hub id, or "stretch" for no fine-tuning)',
+                        value=long_clip, elem_id="long-clip",
+                    )
+            with gr.Column(scale=6):
+                status = gr.HTML("", elem_id="status")
+                with gr.Row():
+                    long_image = gr.Image(
+                        label=f"Long-CLIP ({LONG_CLIP_LIMIT} tokens)", type="pil", format="png",
+                        interactive=False, elem_id="longclip-image",
+                    )
+                    stock_image = gr.Image(
+                        label=f"Stock CLIP ({CLIP_LIMIT} tokens)", type="pil", format="png",
+                        interactive=False, elem_id="stock-image",
+                    )
+        gr.Examples(
+            examples=[[p, n] for _, p, n in EXAMPLES],
+            example_labels=[label for label, _, _ in EXAMPLES],
+            inputs=[prompt, negative],
+            label="Example prompts (long on purpose)",
+        )
+
+        prompt.change(
+            backend.count, inputs=prompt, outputs=counter, show_progress="hidden",
+            trigger_mode="always_last", concurrency_limit=None, api_name=False,
+        )
+        randomize.click(
+            lambda: random.randint(0, MAX_SEED), outputs=seed, show_progress="hidden",
+            concurrency_limit=None, api_name=False,
+        )
+        family.change(
+            _family_changed, inputs=[family, base_box, width, height], outputs=[base_box, width, height],
+            show_progress="hidden", concurrency_limit=None, api_name=False,
+        )
+
+        def on_generate(
+            prompt, negative, seed, steps, guidance, width, height, family, base, long_clip, compare,
+            progress=gr.Progress(),
+        ):
+            result = backend.generate(
+                prompt, negative, seed, steps, guidance, width, height, family, base, long_clip, compare,
+                progress=progress,
+            )
+            suffix = f" · seed {result.seed}" if result.ok else ""
+            return (
+                gr.Image(value=result.long_image, label=f"Long-CLIP ({LONG_CLIP_LIMIT} tokens){suffix}"),
+                gr.Image(
+                    value=result.stock_image,
+                    label=f"Stock CLIP ({CLIP_LIMIT} tokens){suffix}" if compare else "Stock CLIP (off)",
+                ),
+                result.status_html,
+                result.seed if result.seed is not None else seed,
+            )
+
+        generate.click(
+            on_generate,
+            inputs=[prompt, negative, seed, steps, guidance, width, height, family, base_box, long_clip_box, compare],
+            outputs=[long_image, stock_image, status, seed],
+            concurrency_limit=1,
+            concurrency_id="generate",
+            api_name="generate",
+        )
+
+    demo.queue(default_concurrency_limit=1, max_size=max_queue)
+    demo.backend = backend
+    return demo
+
+
+def _theme():
+    import gradio as gr
+
+    # System fonts only: the page must not reach out to a font CDN (offline use).
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
+    )
+
+
+def launch_demo(
+    demo,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+):
+    """Serve the page. Binds to 127.0.0.1 unless ``host`` says otherwise; ``share`` only when asked."""
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        show_error=False,
+        ssr_mode=False,
+        theme=_theme(),
+        css=CSS,
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``longclip demo``: build the page with the library pipelines and serve it."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    demo = build_demo(
+        base=args.base,
+        long_clip=args.long_clip,
+        sdxl=args.sdxl,
+        max_queue=args.max_queue,
+        model_loader=(lambda spec: load_models(spec, device=args.device)) if args.device else None,
+    )
+    launch_demo(demo, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1; 0.0.0.0 serves the whole network)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs network)")
+    parser.add_argument("--base", default=None,
+                        help=f"base model, Hub id or local folder (default {SD15_BASE}, or {SDXL_BASE} with --sdxl)")
+    parser.add_argument("--long-clip", default=LONG_CLIP_L,
+                        help=f'Long-CLIP checkpoint: file, folder, Hub id or "stretch" (default {LONG_CLIP_L})')
+    parser.add_argument("--sdxl", action="store_true", help="start with an SDXL base model")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
+    parser.add_argument("--max-queue", type=int, default=16, help="most requests waiting in the queue")
+    parser.set_defaults(handler=run_demo)
+    return parser
+
+
+def add_commands(subparsers) -> argparse.ArgumentParser:
+    """Add the ``demo`` sub-command to the ``longclip`` command line (called by the core cli.py)."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="web demo: long prompt to image, Long-CLIP vs stock CLIP side by side",
+        description="Start the Gradio demo on http://127.0.0.1 (local only unless --host/--share).",
+    )
+    return add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m longclip_diffusion.demo"))
+    args = parser.parse_args(argv)
+    return args.handler(args)

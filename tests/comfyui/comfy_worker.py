@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-FIXTURES = Path(os.environ.get("LONGCLIP_FIXTURES", "/work/shared/fixtures"))
+FIXTURES = Path(os.environ.get("LONGCLIP_FIXTURES", HERE.parents[2] / "shared" / "fixtures"))
 sys.path.insert(0, os.environ["LONGCLIP_COMFYUI_PATH"])
 sys.path.insert(0, str(HERE))
 

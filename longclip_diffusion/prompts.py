@@ -1,10 +1,12 @@
 """Prompts to embeddings: A1111 weighting, fixed-length padding, the over-length policy, and the encoder pass.
 
-Weighting maths (A1111's, so prompts written for it behave the same): each token's hidden state is multiplied by its
-weight, then the whole ``[tokens, width]`` matrix is rescaled so its mean equals the unweighted mean::
+Weighting maths (as ComfyUI's core, so a weight scales a token's *difference* from the empty prompt, which keeps
+embeddings in range whatever the layer's mean)::
 
-    z_w = z · w[:, None];   z_w ← z_w · mean(z) / mean(z_w)
+    z_w[i] = z_empty[i] + w[i] · (z[i] − z_empty[i])
 
+where ``z_empty`` is the empty prompt encoded with the same padding, in the same forward pass. ``(word:0)`` makes a
+token look like the empty prompt at its position; ``(word:2)`` doubles its departure from it.
 A prompt whose weights are all 1 is encoded exactly as without weighting.
 
 Every prompt is padded to the encoder's full length (248 for Long-CLIP), so a prompt's embedding never depends on the
@@ -23,7 +25,7 @@ from torch import nn
 from transformers import CLIPTokenizer
 
 from .positions import position_embedding
-from .tokenizer import END_OF_TEXT, START_OF_TEXT, clean_text, load_tokenizer
+from .tokenizer import END_OF_TEXT, START_OF_TEXT, clean_text, default_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -180,36 +182,56 @@ def encode_prompts(
     device = device or next(text_encoder.parameters()).device
     max_length = num_positions(text_encoder)
     tokenized = [tokenize_prompt(tokenizer, prompt, max_length, pad_token_id, weighting) for prompt in prompts]
-    input_ids = torch.stack([item.input_ids for item in tokenized]).to(device)
     weights = torch.stack([item.weights for item in tokenized]).to(device)
+    weighted = bool((weights != 1).any())
+    if weighted:  # the empty prompt rides along in the same pass, as the weighting's anchor
+        tokenized.append(tokenize_prompt(tokenizer, "", max_length, pad_token_id))
+    input_ids = torch.stack([item.input_ids for item in tokenized]).to(device)
 
     need_layers = clip_skip is not None or hidden_state == "penultimate"
     output = text_encoder(input_ids, output_hidden_states=need_layers)
-    last_hidden_state = output.last_hidden_state
-    if hidden_state == "penultimate":
-        hidden_states = output.hidden_states[-((clip_skip or 0) + 2)]
-    elif clip_skip:
-        hidden_states = _final_layer_norm(text_encoder)(output.hidden_states[-(clip_skip + 1)])
-    else:
-        hidden_states = last_hidden_state
+    hidden_states = select_hidden_states(text_encoder, output, clip_skip=clip_skip, hidden_state=hidden_state)
+    pooled = project_end_of_text(text_encoder, input_ids, output.last_hidden_state)
 
-    if (weights != 1).any():
-        hidden_states = apply_weights(hidden_states, weights.to(hidden_states.dtype))
-
-    pooled = None
-    projection = getattr(text_encoder, "text_projection", None)
-    if projection is not None:
-        end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1)
-        pooled = projection(last_hidden_state[torch.arange(len(prompts), device=device), end_of_text])
+    if weighted:
+        empty, hidden_states, pooled = hidden_states[-1:], hidden_states[:-1], pooled[:-1] if pooled is not None else None
+        hidden_states = apply_weights(hidden_states, weights, empty)
     return PromptEncoding(hidden_states, pooled)
 
 
-def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111 weighting: scale each token by its weight, then restore each prompt's original mean."""
-    original_mean = hidden_states.float().mean(dim=(1, 2), keepdim=True)
-    weighted = hidden_states * weights.unsqueeze(-1)
-    weighted_mean = weighted.float().mean(dim=(1, 2), keepdim=True)
-    return (weighted * (original_mean / weighted_mean)).to(hidden_states.dtype)
+def select_hidden_states(
+    text_encoder: nn.Module, output, *, clip_skip: int | None = None, hidden_state: HiddenState = "final_norm"
+) -> torch.Tensor:
+    """The hidden states a diffusion model reads from a text encoder's output (see :func:`encode_prompts`).
+
+    ``output`` must come from a call with ``output_hidden_states=True`` unless the plain last layer is wanted.
+    """
+    if hidden_state == "penultimate":
+        return output.hidden_states[-((clip_skip or 0) + 2)]
+    if clip_skip:
+        return _final_layer_norm(text_encoder)(output.hidden_states[-(clip_skip + 1)])
+    return output.last_hidden_state
+
+
+def project_end_of_text(
+    text_encoder: nn.Module, input_ids: torch.LongTensor, last_hidden_state: torch.Tensor
+) -> torch.Tensor | None:
+    """The projected feature at each row's first end-of-text token, or ``None`` for an encoder without projection."""
+    projection = getattr(text_encoder, "text_projection", None)
+    if projection is None:
+        return None
+    end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return projection(last_hidden_state[rows, end_of_text])
+
+
+def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """Token weighting around the empty prompt: ``empty + w · (z − empty)`` (see the module docstring).
+
+    ``hidden_states`` ``[batch, length, width]``, ``weights`` ``[batch, length]``, ``empty`` ``[1, length, width]``.
+    """
+    weights = weights.to(device=hidden_states.device, dtype=hidden_states.dtype).unsqueeze(-1)
+    return empty + weights * (hidden_states - empty)
 
 
 @dataclass
@@ -236,7 +258,7 @@ def count_tokens(prompt: str, limit: int = 77, tokenizer: CLIPTokenizer | None =
     ``limit`` includes the start and end tokens, as CLIP's 77 does. ``cut_char`` is the index in ``prompt`` of the
     first word that does not fit (``None`` when everything fits); ``kept_text``/``dropped_text`` split ``prompt`` there.
     """
-    tokenizer = tokenizer or load_tokenizer()
+    tokenizer = tokenizer or default_tokenizer()
     total = len(weighted_token_ids(tokenizer, prompt)[0])
     budget, used, cut_char = limit - 2, 0, None
     words = list(re.finditer(r"\S+", prompt))

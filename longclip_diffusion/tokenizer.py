@@ -45,6 +45,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+@lru_cache(maxsize=1)
 def bpe_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary (token → id) and merge list, read from the shipped BPE file."""
     data = resources.files("longclip_diffusion").joinpath("data/bpe_simple_vocab_16e6.txt.gz").read_bytes()
@@ -56,27 +57,21 @@ def bpe_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-@lru_cache(maxsize=4)
-def _cached_tokenizer(model_max_length: int) -> CLIPTokenizer:
-    vocab, merges = bpe_vocabulary()
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,
-        model_max_length=model_max_length,
-        pad_token="<|endoftext|>",
-    )
-
-
 def load_tokenizer(model_max_length: int = CONTEXT_LENGTH) -> CLIPTokenizer:
-    """A ``CLIPTokenizer`` with CLIP's real vocabulary, built offline. Each call returns a fresh copy."""
-    import copy
+    """A new ``CLIPTokenizer`` with CLIP's real vocabulary, built offline from the shipped BPE file."""
+    vocab, merges = bpe_vocabulary()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
-    return copy.deepcopy(_cached_tokenizer(model_max_length))
+
+@lru_cache(maxsize=1)
+def default_tokenizer() -> CLIPTokenizer:
+    """One shared 248-token tokenizer for read-only use (counting, ``tokenize``); do not add tokens to it."""
+    return load_tokenizer()
 
 
 def token_ids(texts: list[str], tokenizer: CLIPTokenizer | None = None) -> list[list[int]]:
     """BPE ids of each cleaned text, without start/end tokens."""
-    tokenizer = tokenizer or _cached_tokenizer(CONTEXT_LENGTH)
+    tokenizer = tokenizer or default_tokenizer()
     cleaned = [clean_text(text) for text in texts]
     return tokenizer(cleaned, add_special_tokens=False)["input_ids"]
 

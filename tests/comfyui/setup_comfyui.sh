@@ -50,7 +50,6 @@ if ! "$VENV/bin/python" -c "import torch, aiohttp, safetensors, torchsde" 2>/dev
 fi
 # 3. Our library (editable), once its pyproject.toml exists.
 if [[ -f "$REPO_ROOT/pyproject.toml" ]] && ! "$VENV/bin/python" -c "import longclip_diffusion" 2>/dev/null; then
-  "$VENV/bin/pip" install -q --no-deps -e "$REPO_ROOT"
-  "$VENV/bin/pip" install -q ftfy regex transformers 2>/dev/null || true
+  "$VENV/bin/pip" install -q -e "$REPO_ROOT"  # torch==2.13.0 is already there, so no other torch build is pulled
 fi
 echo "setup_comfyui: ready. LONGCLIP_COMFYUI_PATH=$CHECKOUT LONGCLIP_COMFYUI_PYTHON=$VENV/bin/python"

@@ -47,6 +47,7 @@ Format = Literal["openai", "transformers", "comfy"]
 TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
 
 KEEP = 20
+CONFIG_METADATA_KEY = "longclip_diffusion.text_config"  # exact config in single files we write (ComfyUI ignores it)
 _EXPECTED = (
     "expected a CLIP text encoder: an OpenAI/Long-CLIP state dict (`transformer.resblocks.*`, "
     "`token_embedding.weight`, `positional_embedding`), a transformers CLIP folder (`config.json`) "
@@ -103,6 +104,13 @@ def read_state_dict(path: str | os.PathLike, include: tuple[str, ...] | None = N
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors; {_EXPECTED}.")
     return {key: value for key, value in loaded.items() if wanted(key)}
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    if not _is_safetensors(path):
+        return {}
+    with safe_open(path, framework="pt") as handle:
+        return handle.metadata() or {}
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -259,7 +267,7 @@ def _transformers_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextCo
         intermediate_size=state_dict["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         projection_dim=projection.shape[0] if projection is not None else width,
         num_hidden_layers=_count_layers(state_dict, "text_model.encoder.layers."),
-        num_attention_heads=width // 64,
+        num_attention_heads=max(1, width // 64),
         max_position_embeddings=state_dict["text_model.embeddings.position_embedding.weight"].shape[0],
         hidden_act="quick_gelu",
         bos_token_id=START_OF_TEXT,
@@ -344,7 +352,8 @@ def _load_text_file(path: Path, model_class: type[PreTrainedModel], keep: int) -
         config, converted = openai_to_transformers({k: v for k, v in state_dict.items() if not k.startswith("visual.")}, keep)
     else:
         converted = _to_text_model_keys(state_dict)
-        config = _transformers_text_config(converted)
+        saved_config = _safetensors_metadata(path).get(CONFIG_METADATA_KEY)
+        config = CLIPTextConfig.from_dict(json.loads(saved_config)) if saved_config else _transformers_text_config(converted)
     if model_class is CLIPTextModelWithProjection and "text_projection.weight" not in converted:
         raise CheckpointError(f"{path}: has no text projection, which a CLIPTextModelWithProjection needs.")
     return _build(model_class, config, converted, str(path))
@@ -426,8 +435,10 @@ def _text_state_dict(text_encoder: nn.Module) -> dict[str, torch.Tensor]:
 def save_comfy_file(text_encoder: nn.Module, path: str | os.PathLike) -> Path:
     """One safetensors file in the layout ComfyUI's ``CLIPLoader`` reads (a 248-row table → Long-CLIP-L)."""
     path = Path(path)
+    config = getattr(text_encoder.config, "text_config", text_encoder.config)
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
     with _atomic_path(path) as temporary:
-        save_file(_text_state_dict(text_encoder), str(temporary), metadata={"format": "pt"})
+        save_file(_text_state_dict(text_encoder), str(temporary), metadata=metadata)
     return path
 
 

@@ -42,7 +42,8 @@ EXAMPLE_DOC_STRING = """
 
 
 def _pad_token_id(pipeline: DiffusionPipeline) -> int:
-    return getattr(pipeline.config, "long_clip_pad_token_id", 0)
+    """Our pipelines keep it in their config; a stock pipeline given Long-CLIP by `apply_long_clip`, as an attribute."""
+    return getattr(pipeline, "_long_clip_pad_token_id", None) or getattr(pipeline.config, "long_clip_pad_token_id", 0)
 
 
 def _normalize_negative(prompt: str | list[str] | None, negative_prompt, batch_size: int) -> list[str]:
@@ -199,13 +200,25 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, text_encoder=text_encoder, **kwargs)
 
 
-def apply_long_clip(pipeline: DiffusionPipeline, long_clip: Any, keep: int = 20) -> DiffusionPipeline:
+def apply_long_clip(
+    pipeline: DiffusionPipeline, long_clip: Any, keep: int = 20, *, bigg: Any = None, hidden_state: str | None = None
+) -> DiffusionPipeline:
     """Swap Long-CLIP into an existing SD 1.x pipeline of any kind (img2img, inpaint, ControlNet, …), in place.
 
     ``long_clip`` is a checkpoint (any format), a text-encoder model, or ``"stretch"`` to stretch the pipeline's own
     encoder. The old encoder is released, never kept beside the new one. The pipeline's tokenizer (with any
     textual-inversion tokens) is kept and reads 248 tokens; its ``encode_prompt`` becomes Long-CLIP's.
+
+    An SDXL pipeline (one with ``text_encoder_2``: base, img2img, inpaint, ControlNet, refiner) goes to
+    :func:`~longclip_diffusion.pipelines.stable_diffusion_xl.apply_long_clip_xl`, which also takes ``bigg``
+    (``"stretch"``, ``"windows"`` or a long bigG checkpoint) and ``hidden_state`` (``"penultimate"``/``"final_norm"``).
     """
+    if hasattr(pipeline, "text_encoder_2"):
+        from .stable_diffusion_xl import apply_long_clip_xl
+
+        return apply_long_clip_xl(pipeline, long_clip, keep=keep, bigg=bigg, hidden_state=hidden_state)
+    if bigg is not None or hidden_state is not None:
+        raise ValueError("`bigg` and `hidden_state` apply to SDXL pipelines only; SD 1.x has one encoder.")
     if isinstance(long_clip, str) and long_clip == STRETCH:
         stretch_text_encoder(pipeline.text_encoder, keep=keep)
         pad_token_id = END_OF_TEXT
@@ -218,7 +231,9 @@ def apply_long_clip(pipeline: DiffusionPipeline, long_clip: Any, keep: int = 20)
         pipeline.text_encoder = new.to(device=device, dtype=dtype)
         pad_token_id = 0
     pipeline.tokenizer.model_max_length = num_positions(pipeline.text_encoder)
-    pipeline.register_to_config(long_clip_pad_token_id=pad_token_id)
-    if not isinstance(pipeline, LongCLIPStableDiffusionPipeline):
+    if isinstance(pipeline, LongCLIPStableDiffusionPipeline):
+        pipeline.register_to_config(long_clip_pad_token_id=pad_token_id)
+    else:  # a stock pipeline's config must keep its own keys (diffusers checks them against __init__)
+        pipeline._long_clip_pad_token_id = pad_token_id
         pipeline.encode_prompt = types.MethodType(encode_prompt, pipeline)
     return pipeline

@@ -112,3 +112,136 @@ def full_size_sd15_unet() -> UNet2DConditionModel:
         attention_head_dim=8,
         layers_per_block=2,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SDXL
+
+
+def sdxl_tokenizer_2(model_max_length: int = 77):
+    """SDXL's second tokenizer as shipped: CLIP's vocabulary with ``"!"`` (id 0) as its pad token."""
+    from transformers import CLIPTokenizer
+
+    from .tokenizer import bpe_vocabulary
+
+    vocab, merges = bpe_vocabulary()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, pad_token="!")
+
+
+def _tiny_sdxl_unet(cross_attention_dim: int, projection_dim: int, num_time_ids: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=2,
+        attention_head_dim=2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=num_time_ids * 8 + projection_dim,
+    )
+
+
+def tiny_sdxl_components(long_clip: bool = True, refiner: bool = False, seed: int = 0) -> dict:
+    """Tiny SDXL components: UNet (``text_time`` conditioning), VAE, Euler scheduler, a CLIP-L-like encoder
+    (``quick_gelu``, 248 positions if ``long_clip``) and a bigG-like encoder with projection (``gelu``, 77 positions,
+    as the SDXL base ships it). ``tokenizer_2`` pads with ``"!"`` like SDXL's.
+
+    ``refiner``: the SDXL refiner's layout instead (no ``text_encoder``/``tokenizer``, bigG only, aesthetic score).
+    """
+    from diffusers import EulerDiscreteScheduler
+
+    width_l, width_g = 16, 32
+    torch.manual_seed(seed)
+    unet = _tiny_sdxl_unet(
+        cross_attention_dim=width_g if refiner else width_l + width_g,
+        projection_dim=width_g,
+        num_time_ids=5 if refiner else 6,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    config_g = clip_text_config(hidden_size=width_g, projection_dim=width_g, intermediate_size=37, hidden_act="gelu")
+    text_encoder_2 = random_text_encoder(config_g, with_projection=True, seed=seed + 1)
+    components = {
+        "unet": unet,
+        "vae": vae,
+        "scheduler": scheduler,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": sdxl_tokenizer_2(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+    if refiner:
+        components.update(text_encoder=None, tokenizer=None, requires_aesthetics_score=True)
+        return components
+    config_l = clip_text_config(hidden_size=width_l, num_attention_heads=2, projection_dim=width_l)
+    components.update(
+        text_encoder=random_text_encoder(config_l, seed=seed, long=long_clip),
+        tokenizer=load_tokenizer(248 if long_clip else 77),
+    )
+    return components
+
+
+def full_size_bigg_config(max_position_embeddings: int = 77) -> CLIPTextConfig:
+    """OpenCLIP ViT-bigG/14's text tower (SDXL's ``text_encoder_2``): 1280 wide, 32 layers, 20 heads, GELU."""
+    return clip_text_config(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        intermediate_size=5120,
+        projection_dim=1280,
+        max_position_embeddings=max_position_embeddings,
+        hidden_act="gelu",
+    )
+
+
+def full_size_sdxl_unet() -> UNet2DConditionModel:
+    """SDXL base's UNet shape (2.6 B parameters, ≈ 10 GB in float32), random weights."""
+    return UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        cross_attention_dim=2048,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        layers_per_block=2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def full_size_sdxl_vae() -> AutoencoderKL:
+    """SDXL's VAE shape (84 M parameters), random weights."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        sample_size=1024,
+        scaling_factor=0.13025,
+    )

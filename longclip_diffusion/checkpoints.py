@@ -54,6 +54,7 @@ _EXPECTED = (
     "or a ComfyUI single file (`text_model.*` keys)"
 )
 _TEXT_TABLE = "embeddings.position_embedding.weight"
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 class CheckpointError(ValueError):
@@ -361,6 +362,8 @@ def _load_text_file(path: Path, model_class: type[PreTrainedModel], keep: int) -
 
 def _load_pretrained(source: str | os.PathLike, model_class: type[PreTrainedModel], subfolder: str | None, keep: int = KEEP):
     folder = Path(source)
+    if not folder.exists() and (folder.is_absolute() or str(source).startswith(".") or folder.suffix in _WEIGHT_SUFFIXES):
+        raise CheckpointError(f"{source}: no such file or folder.")
     if folder.is_dir():
         if subfolder is None and not (folder / "config.json").exists():
             if not (folder / "text_encoder" / "config.json").exists():
@@ -385,7 +388,7 @@ def _hub_single_checkpoint(repo_id: str) -> Path | None:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        files = [name for name in list_repo_files(repo_id) if name.endswith((".pt", ".pth", ".safetensors"))]
+        files = [name for name in list_repo_files(repo_id) if name.endswith(_WEIGHT_SUFFIXES)]
     except (OSError, HFValidationError, ValueError):
         return None
     if len(files) != 1:

@@ -194,7 +194,7 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
         if isinstance(long_clip, str) and long_clip == STRETCH:
             pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
             return apply_long_clip(pipeline, STRETCH, keep=keep)
-        text_encoder = load_text_encoder(long_clip, torch_dtype=kwargs.get("torch_dtype"))
+        text_encoder = load_text_encoder(long_clip, torch_dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))
         kwargs.setdefault("tokenizer", load_tokenizer(num_positions(text_encoder)))
         kwargs.setdefault("long_clip_pad_token_id", 0)
         return super().from_pretrained(pretrained_model_name_or_path, text_encoder=text_encoder, **kwargs)

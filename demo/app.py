@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DemoInputError, friendly_error
+from .errors import DemoInputError, ModelLoadError, friendly_error
 from .examples import EXAMPLES
 from .models import (
     LONG_CLIP_L,
@@ -189,10 +189,13 @@ class DemoBackend:
             loaded = spec in self.models
             progress(0.0, desc="Loading models (first time only)…" if not loaded else "Starting…")
             started = time.perf_counter()
-            models = self.models.get(spec)
-            pipes = [("long", models.long_clip)]
-            if compare:
-                pipes.append(("stock", models.stock()))
+            try:
+                models = self.models.get(spec)
+                pipes = [("long", models.long_clip)]
+                if compare:
+                    pipes.append(("stock", models.stock()))
+            except Exception as exc:
+                raise ModelLoadError(spec.base, spec.long_clip) from exc
 
             images = {}
             cached = 0
@@ -283,7 +286,7 @@ def build_demo(
                         seed = gr.Number(
                             label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed", scale=3
                         )
-                        randomize = gr.Button("🎲 Randomise", elem_id="randomize", scale=1)
+                        randomize = gr.Button("Randomise", elem_id="randomize", scale=1)
                     steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
                     with gr.Row():

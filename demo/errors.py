@@ -7,6 +7,15 @@ class DemoInputError(ValueError):
     """Bad input from the page (empty prompt, size not a multiple of 8, ...)."""
 
 
+class ModelLoadError(RuntimeError):
+    """Loading a model failed; ``__cause__`` says why."""
+
+    def __init__(self, model: str, long_clip: str | None = None):
+        self.model = model
+        self.long_clip = long_clip
+        super().__init__(f"could not load {model}")
+
+
 _MAX_DETAIL = 400
 
 
@@ -49,6 +58,21 @@ def _is_hub_or_network(exc: BaseException) -> bool:
 
 def friendly_error(exc: BaseException, *, model: str | None = None) -> str:
     """A message a visitor can act on; never a traceback."""
+    if isinstance(exc, ModelLoadError) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        if isinstance(cause, DemoInputError) or _is_out_of_memory(cause):
+            return friendly_error(cause, model=exc.model)
+        what = f"`{exc.model}`" + (f" with Long-CLIP `{exc.long_clip}`" if exc.long_clip else "")
+        if _is_hub_or_network(cause):
+            return (
+                f"Could not load the model {what}: it is not available locally and the Hugging Face Hub "
+                "could not be reached (offline, or the id is wrong or gated). Use a local model folder, or "
+                f"check the id and the network. Details: {_first_line(cause)}"
+            )
+        return (
+            f"Could not load the model {what}. Check that the Hub id or local folder exists and holds "
+            f"a diffusers model, and that the Long-CLIP checkpoint exists. Details: {_first_line(cause)}"
+        )
     detail = _first_line(exc)
     if isinstance(exc, DemoInputError):
         return detail

@@ -114,7 +114,7 @@ def test_switching_model_loads_the_new_one(tiny_loader):
         ({"guidance": "lots"}, "Guidance must be a number"),
         ({"base": ""}, "Choose a base model"),
         ({"family": "SD 9"}, "Unknown model family"),
-        ({"base": "no/such-model"}, "Could not load the weights `no/such-model`"),
+        ({"base": "no/such-model"}, "Could not load the model `no/such-model` with Long-CLIP `stretch`"),
     ],
 )
 def test_errors_become_messages(tiny_loader, overrides, expected):
@@ -202,3 +202,25 @@ def test_core_cli_registers_demo():
 
     args = build_parser().parse_args(["demo", "--port", "7001"])
     assert args.handler is app.run_demo and args.port == 7001 and args.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("offline", "not available locally and the Hugging Face Hub could not be reached"),
+        ("oom", "Out of memory."),
+        ("missing", "Could not load the model `some/model` with Long-CLIP `stretch`. Check that"),
+    ],
+)
+def test_loading_errors_are_explained(error, expected):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def loader(spec):
+        if error == "offline":
+            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has been disabled.")
+        if error == "oom":
+            raise MemoryError("Cannot allocate 6.9 GiB")
+        raise FileNotFoundError("model_index.json")
+
+    result = _generate(DemoBackend(loader), base="some/model")
+    assert not result.ok and expected in result.message, result.message

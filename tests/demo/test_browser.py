@@ -1,0 +1,147 @@
+"""A real browser drives the demo: headless Debian Chromium via Playwright, tiny random models, localhost only.
+
+Needs /usr/bin/chromium and the playwright package (`bash .ci/install-browser.sh`); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import TINY_SIZE
+from longclip_diffusion.prompts import count_tokens
+
+CHROMIUM = Path(os.environ.get("LONGCLIP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+TIMEOUT_MS = 120_000  # generation on a busy 2-core CPU; the tiny models need a few seconds
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not found: run `bash .ci/install-browser.sh` (Debian chromium)", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright not installed: run `bash .ci/install-browser.sh`"
+)
+
+LONG_PROMPT = (
+    "A lighthouse keeper's cottage on a windswept cliff at sunset, oil painting. The cottage has a red door, "
+    "white walls, a slate roof with a crooked chimney and a small garden of lavender and poppies. A brown "
+    "dog sleeps on the doorstep next to a pair of muddy boots. Below the cliff, waves crash on black rocks "
+    "and three seagulls circle above a fishing boat with an orange sail. FINALWORDS a purple umbrella "
+    "leaning against the garden gate and a copper kettle steaming on the windowsill."
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_sd_folder):
+    """The demo with the real loader on a tiny local SD folder, served on 127.0.0.1:<free port>."""
+    from longclip_diffusion.demo.app import build_demo, launch_demo
+    from longclip_diffusion.demo.models import load_models
+
+    demo = build_demo(lambda spec: load_models(spec, device="cpu"), base=str(tiny_sd_folder), long_clip="stretch")
+    port = _free_port()
+    launch_demo(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def _set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
+    expected = count_tokens(LONG_PROMPT, limit=77)
+    assert expected.num_tokens > 77 and "FINALWORDS" in expected.dropped_text
+
+    outside = []  # requests that tried to leave localhost (aborted)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+
+            def guard(route):
+                host = urlparse(route.request.url).hostname
+                if host in ("127.0.0.1", "localhost") or route.request.url.startswith(("data:", "blob:")):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", guard)
+            page.goto(server, wait_until="domcontentloaded")
+            prompt = page.locator("#prompt textarea")
+            prompt.wait_for()
+
+            # 1. The live counter shows the count and strikes through what CLIP drops.
+            prompt.fill(LONG_PROMPT)
+            counter = page.locator("#token-counter")
+            sync_api.expect(counter.locator(".token-count")).to_have_text(f"{expected.num_tokens} tokens")
+            struck = counter.locator("del.clip-dropped")
+            sync_api.expect(struck).to_contain_text("FINALWORDS")
+            assert struck.inner_text().strip() == expected.dropped_text.strip()
+            decoration = struck.evaluate("e => getComputedStyle(e).textDecorationLine")
+            assert "line-through" in decoration
+
+            # 2. Small, fast settings for the tiny model.
+            _set_number(page, "steps", 2)
+            _set_number(page, "width", TINY_SIZE)
+            _set_number(page, "height", TINY_SIZE)
+            _set_number(page, "seed", 42)
+
+            # 3. A missing model is a message in the page, and the server keeps serving.
+            page.get_by_text("Model", exact=True).click()
+            base = page.locator("#base textarea, #base input").first
+            good_base = base.input_value()
+            base.fill(str(Path(good_base).parent / "no-such-model"))
+            page.locator("#generate").click()
+            error = page.locator("#status .status.error")
+            sync_api.expect(error).to_contain_text("Could not load", timeout=TIMEOUT_MS)
+            assert "Traceback" not in error.inner_text()
+            base.fill(good_base)
+
+            # 4. Generate: both images, labelled, same seed.
+            page.locator("#generate").click()
+            for elem_id in ("longclip-image", "stock-image"):
+                sync_api.expect(page.locator(f"#{elem_id} img")).to_be_visible(timeout=TIMEOUT_MS)
+            status = page.locator("#status .status.ok")
+            sync_api.expect(status).to_contain_text("Long-CLIP and stock CLIP: seed 42, 2 steps")
+            sync_api.expect(page.locator("#longclip-image")).to_contain_text("Long-CLIP (248 tokens) · seed 42")
+            sync_api.expect(page.locator("#stock-image")).to_contain_text("Stock CLIP (77 tokens) · seed 42")
+            for elem_id in ("longclip-image", "stock-image"):
+                width = page.locator(f"#{elem_id} img").evaluate("img => img.naturalWidth")
+                assert width == TINY_SIZE
+
+            screenshot = tmp_path / "demo.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 10_000
+            keep = os.environ.get("LONGCLIP_DEMO_SCREENSHOT")
+            if keep:
+                shutil.copy(screenshot, keep)
+            print(f"screenshot: {screenshot}")
+        finally:
+            browser.close()
+    assert not [url for url in outside if not re.match(r"https?://(127\.0\.0\.1|localhost)", url)], outside

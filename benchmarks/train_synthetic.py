@@ -36,9 +36,9 @@ VARIANTS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-scenes", type=int, default=4096)
-    parser.add_argument("--test-scenes", type=int, default=512)
-    parser.add_argument("--pretrain-steps", type=int, default=1200)
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--test-scenes", type=int, default=256)
+    parser.add_argument("--pretrain-steps", type=int, default=800)
+    parser.add_argument("--finetune-steps", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pcm-components", type=int, default=8, help="32 in the reference (width 768); 8 for width 64")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -114,11 +114,13 @@ def main() -> None:
 
 def print_table(results: dict[str, dict], world: dict[str, float], args: argparse.Namespace, seconds: float) -> None:
     print(f"\n{args.test_scenes} held-out scenes; R@1 in %, image→text / text→image; total {seconds / 60:.1f} min\n")
-    print("| model | long caption R@1 (i2t / t2i) | short caption R@1 (i2t / t2i) |")
-    print("|---|---|---|")
+    print("| model | long R@1 i2t / t2i | long R@5 i2t / t2i | short R@1 i2t / t2i | short R@5 i2t / t2i |")
+    print("|---|---|---|---|---|")
     for name, metrics in results.items():
-        long, short = metrics["long"], metrics["short"]
-        print(f"| {name} | {long['i2t@1']:.1f} / {long['t2i@1']:.1f} | {short['i2t@1']:.1f} / {short['t2i@1']:.1f} |")
+        cells = [
+            f"{metrics[kind][f'i2t@{k}']:.1f} / {metrics[kind][f't2i@{k}']:.1f}" for kind in ("long", "short") for k in (1, 5)
+        ]
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

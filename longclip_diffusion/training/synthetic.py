@@ -166,15 +166,20 @@ def write_dataset(directory: str | Path, scenes: list[Scene], image_size: int = 
 
 
 def tiny_clip(max_positions: int = 77, image_size: int = 64, width: int = 64, layers: int = 2, seed: int = 0) -> CLIPModel:
-    """A randomly initialised tiny two-tower ``CLIPModel`` with the real CLIP vocabulary and token ids."""
+    """A randomly initialised tiny two-tower ``CLIPModel`` with the real CLIP vocabulary and token ids.
+
+    Heads are ``width // 64`` as in OpenAI CLIP, so the reference layout (which infers heads that way) reads it back.
+    """
+    if width % 64:
+        raise ValueError(f"width must be a multiple of 64 (OpenAI CLIP has width // 64 heads), got {width}")
     torch.manual_seed(seed)
     text = dict(
         vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=max(1, width // 32), max_position_embeddings=max_positions,
+        num_attention_heads=width // 64, max_position_embeddings=max_positions,
         bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_act="quick_gelu",
     )
     vision = dict(
         hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=max(1, width // 32), image_size=image_size, patch_size=8, hidden_act="quick_gelu",
+        num_attention_heads=width // 64, image_size=image_size, patch_size=8, hidden_act="quick_gelu",
     )
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=width))

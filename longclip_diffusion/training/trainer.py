@@ -203,8 +203,9 @@ class Trainer:
         return Path(self.config.resume)
 
     # ------------------------------------------------------------------------------------------------ loop
-    def train(self) -> CLIPModel:
-        """Run (or resume) training to ``total_steps``; returns the trained model (frozen rows still split)."""
+    def train(self, stop_at: int | None = None) -> CLIPModel:
+        """Run (or resume) training to ``total_steps`` — or only to ``stop_at`` (a pre-emptible job's slice; the
+        schedule still spans ``total_steps``). Saves a checkpoint at the end; returns the model (rows still split)."""
         resume = self._resume_path()
         if resume is not None:
             self.load_checkpoint(resume)
@@ -213,7 +214,8 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=not (self.context.is_main and self.config.progress),
             desc="train", dynamic_ncols=True,
         )
-        while self.step < self.total_steps:
+        end = min(self.total_steps, stop_at or self.total_steps)
+        while self.step < end:
             self.sampler.set_position(self.step // batches, self.step % batches)
             for batch in self.loader:
                 loss = self.train_step(batch)
@@ -222,7 +224,7 @@ class Trainer:
                     self._log(loss, progress)
                 if self.config.save_every and self.step % self.config.save_every == 0:
                     self.save_checkpoint()
-                if self.step >= self.total_steps:
+                if self.step >= end:
                     break
         progress.close()
         self.save_checkpoint()

@@ -61,3 +61,15 @@ def tiny_sd_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sd15")
     StableDiffusionPipeline(**tiny_sd_components(long_clip=False)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """A tiny stock SDXL pipeline saved as a local diffusers folder."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from longclip_diffusion.testing import tiny_sdxl_components
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=False)).save_pretrained(folder)
+    return folder

@@ -224,3 +224,22 @@ def test_loading_errors_are_explained(error, expected):
 
     result = _generate(DemoBackend(loader), base="some/model")
     assert not result.ok and expected in result.message, result.message
+
+
+def test_default_loader_sdxl_from_a_local_folder(tiny_sdxl_folder):
+    """SDXL: Long-CLIP SDXL pipeline and a stock SDXL pipeline sharing its UNet; both generate."""
+    from longclip_diffusion.demo.app import SDXL
+    from longclip_diffusion.demo.models import load_models
+
+    backend = DemoBackend(lambda spec: load_models(spec, device="cpu"))
+    result = _generate(backend, base=str(tiny_sdxl_folder), family=SDXL, guidance=3.0)
+    assert result.ok, result.message
+    assert result.long_image.size == result.stock_image.size == (TINY_SIZE, TINY_SIZE)
+    models = backend.models.get(ModelSpec(str(tiny_sdxl_folder), "stretch", sdxl=True))
+    stock = models.stock()
+    assert type(models.long_clip).__name__ == "LongCLIPStableDiffusionXLPipeline"
+    assert type(stock).__name__ == "StableDiffusionXLPipeline" and stock.unet is models.long_clip.unet
+    # Re-rolling the seed reuses the four SDXL embeddings.
+    calls = _count_encodes(models.long_clip)
+    assert _generate(backend, base=str(tiny_sdxl_folder), family=SDXL, seed=7, steps=1).ok
+    assert calls == []

@@ -9,8 +9,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-pytest.importorskip("gradio", reason="the demo needs the `demo` extra (gradio)")
-
 TINY_SIZE = 64  # pixels; the tiny VAE halves it, so 32×32 latents
 
 

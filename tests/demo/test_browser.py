@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from longclip_diffusion.demo.examples import EXAMPLES
 from longclip_diffusion.prompts import count_tokens
 
 TINY_SIZE = 64  # pixels; the tiny VAE halves it
@@ -96,7 +97,15 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
             prompt = page.locator("#prompt textarea")
             prompt.wait_for()
 
-            # 1. The live counter shows the count and strikes through what CLIP drops.
+            # 1. Example prompts are one click away and update the counter.
+            label, example, _ = EXAMPLES[1]
+            page.get_by_role("button", name=label).click()
+            sync_api.expect(prompt).to_have_value(example)
+            sync_api.expect(page.locator("#token-counter .token-count")).to_have_text(
+                f"{count_tokens(example).num_tokens} tokens"
+            )
+
+            # 2. The live counter shows the count and strikes through what CLIP drops.
             prompt.fill(LONG_PROMPT)
             counter = page.locator("#token-counter")
             sync_api.expect(counter.locator(".token-count")).to_have_text(f"{expected.num_tokens} tokens")
@@ -106,13 +115,13 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
             decoration = struck.evaluate("e => getComputedStyle(e).textDecorationLine")
             assert "line-through" in decoration
 
-            # 2. Small, fast settings for the tiny model.
+            # 3. Small, fast settings for the tiny model.
             _set_number(page, "steps", 2)
             _set_number(page, "width", TINY_SIZE)
             _set_number(page, "height", TINY_SIZE)
             _set_number(page, "seed", 42)
 
-            # 3. A missing model is a message in the page, and the server keeps serving.
+            # 4. A missing model is a message in the page, and the server keeps serving.
             page.get_by_text("Model", exact=True).click()
             base = page.locator("#base textarea, #base input").first
             good_base = base.input_value()
@@ -123,7 +132,7 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
             assert "Traceback" not in error.inner_text()
             base.fill(good_base)
 
-            # 4. Generate: both images, labelled, same seed.
+            # 5. Generate: both images, labelled, same seed.
             page.locator("#generate").click()
             for elem_id in ("longclip-image", "stock-image"):
                 sync_api.expect(page.locator(f"#{elem_id} img")).to_be_visible(timeout=TIMEOUT_MS)

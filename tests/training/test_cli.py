@@ -1,0 +1,50 @@
+"""``longclip train`` / ``longclip eval`` end to end on a tiny synthetic dataset written to disk."""
+
+from __future__ import annotations
+
+import json
+
+from longclip_diffusion.cli import main
+from longclip_diffusion.training import synthetic
+
+
+def test_train_then_eval(tmp_path, capsys):
+    scenes = synthetic.make_scenes(16, seed=2)
+    data = synthetic.write_dataset(tmp_path / "data", scenes, image_size=32)
+    base = tmp_path / "base"
+    synthetic.tiny_clip(image_size=32, layers=1).save_pretrained(str(base))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"base_model: {base}\ntrain_data: {data}\nbatch_size: 8\nnum_workers: 0\nlr: 1.0e-4\n"
+                      "warmup_steps: 1\npcm_components: 4\nprogress: false\n")
+    output = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--max-steps", "2", "--output-dir", str(output)]) == 0
+    assert (output / "config.yaml").is_file() and (output / "checkpoint-latest.pt").is_file()
+    assert len((output / "metrics.jsonl").read_text().splitlines()) == 1  # log_every=10: only the final step
+    for path in ("export/longclip.pt", "export/longclip-text.safetensors", "export/diffusers/text_encoder", "export/transformers"):
+        assert (output / path).exists(), path
+    capsys.readouterr()
+    result_path = tmp_path / "eval.json"
+    assert main(["eval", str(output / "export/longclip.pt"), "--data", str(data), "--output", str(result_path)]) == 0
+    results = json.loads(result_path.read_text())
+    assert set(results) == {"long", "short"} and set(results["long"]) >= {"i2t@1", "t2i@5", "i2t@10"}
+    assert json.loads(capsys.readouterr().out) == results
+
+
+def test_zero_shot_classification(tmp_path, capsys):
+    scenes = synthetic.make_scenes(8, seed=4)
+    data = synthetic.write_dataset(tmp_path, scenes, image_size=32)
+    lines = [dict(json.loads(line), label=scene.main.shape) for line, scene in zip(data.read_text().splitlines(), scenes)]
+    data.write_text("\n".join(json.dumps(line) for line in lines))
+    (tmp_path / "classes.txt").write_text("\n".join(synthetic.SHAPES) + "\n")
+    model = tmp_path / "model"
+    synthetic.tiny_clip(image_size=32, layers=1).save_pretrained(str(model))
+    args = ["eval", str(model), "--data", str(data), "--classes", str(tmp_path / "classes.txt"), "--template", "a large {}."]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert 0 <= results["top1"] <= results["top5"] == 100.0  # 4 classes: top-5 always holds the right one
+
+
+def test_bad_config_is_reported(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text("learning_rate = 1\n")
+    assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "unknown option(s) learning_rate" in capsys.readouterr().err

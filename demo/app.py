@@ -11,6 +11,7 @@ import argparse
 import html
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class DemoBackend:
         self.models = ModelCache(model_loader or load_models, max_models=max_models)
         self.embeddings = EmbeddingCache(embedding_cache_size)
         self.tokenizer = tokenizer
+        # Pipelines keep per-run state (scheduler timesteps): one generation at a time, whatever the
+        # Gradio queue's concurrency says.
+        self._generation_lock = threading.Lock()
 
     # -- token counter ---------------------------------------------------------------------
     def count(self, prompt: str) -> str:
@@ -184,48 +188,47 @@ class DemoBackend:
                 raise DemoInputError('Choose a Long-CLIP checkpoint (file, folder, Hub id) or "stretch".')
             spec = ModelSpec(base=base, long_clip=long_clip, sdxl=_family_is_sdxl(family))
 
-            runs = 2 if compare else 1
-            total = steps * runs
             loaded = spec in self.models
-            progress(0.0, desc="Loading models (first time only)…" if not loaded else "Starting…")
-            started = time.perf_counter()
-            try:
-                models = self.models.get(spec)
-                pipes = [("long", models.long_clip)]
-                if compare:
-                    pipes.append(("stock", models.stock()))
-            except Exception as exc:
-                raise ModelLoadError(spec.base, spec.long_clip) from exc
-
-            images = {}
-            cached = 0
-            for index, (encoder, pipe) in enumerate(pipes):
-                label = "Long-CLIP" if encoder == "long" else "stock CLIP"
-                hits_before = self.embeddings.hits
-                progress((index * steps, total), desc=f"Encoding prompt ({label})…", unit="steps")
-                embeds = self._embeddings(pipe, spec, encoder, prompt, negative_prompt)
-                cached += self.embeddings.hits - hits_before
-
-                def on_step(done, index=index, label=label):
-                    progress((index * steps + done, total), desc=f"{label}: step {done}/{steps}", unit="steps")
-
-                images[encoder] = self._run(
-                    pipe, embeds, seed=used_seed, steps=steps, guidance=guidance,
-                    width=width, height=height, on_step=on_step,
-                )
-            elapsed = time.perf_counter() - started
-            what = "Long-CLIP and stock CLIP" if compare else "Long-CLIP"
-            note = " (prompt embeddings from cache)" if cached == len(pipes) else ""
-            message = (
-                f"{what}: seed {used_seed}, {steps} steps, guidance {guidance:g}, "
-                f"{width}×{height}, {elapsed:.1f} s{note}."
-            )
-            return GenerationResult(images.get("long"), images.get("stock"), used_seed, True, message)
+            progress(0.0, desc="Loading models (first time only)…" if not loaded else "Waiting for the model…")
+            with self._generation_lock:
+                return self._generate(spec, prompt, negative_prompt, used_seed, steps, guidance, width, height,
+                                      compare, progress)
         except Exception as exc:  # shown in the page; the server keeps serving
             if not isinstance(exc, DemoInputError):
                 logger.exception("generation failed")
             model = spec.base if spec is not None else None
             return GenerationResult(None, None, used_seed, False, friendly_error(exc, model=model))
+
+    def _generate(self, spec, prompt, negative_prompt, seed, steps, guidance, width, height, compare, progress):
+        started = time.perf_counter()
+        try:
+            models = self.models.get(spec)
+            pipes = [("long", models.long_clip)]
+            if compare:
+                pipes.append(("stock", models.stock()))
+        except Exception as exc:
+            raise ModelLoadError(spec.base, spec.long_clip) from exc
+
+        total = steps * len(pipes)
+        images, cached = {}, 0
+        for index, (encoder, pipe) in enumerate(pipes):
+            label = "Long-CLIP" if encoder == "long" else "stock CLIP"
+            hits_before = self.embeddings.hits
+            progress((index * steps, total), desc=f"Encoding prompt ({label})…", unit="steps")
+            embeds = self._embeddings(pipe, spec, encoder, prompt, negative_prompt)
+            cached += self.embeddings.hits - hits_before
+
+            def on_step(done, index=index, label=label):
+                progress((index * steps + done, total), desc=f"{label}: step {done}/{steps}", unit="steps")
+
+            images[encoder] = self._run(
+                pipe, embeds, seed=seed, steps=steps, guidance=guidance, width=width, height=height, on_step=on_step
+            )
+        elapsed = time.perf_counter() - started
+        what = "Long-CLIP and stock CLIP" if compare else "Long-CLIP"
+        note = " (prompt embeddings from cache)" if cached == len(pipes) else ""
+        message = f"{what}: seed {seed}, {steps} steps, guidance {guidance:g}, {width}×{height}, {elapsed:.1f} s{note}."
+        return GenerationResult(images.get("long"), images.get("stock"), seed, True, message)
 
 
 def _family_changed(family: str, base: str, width: int, height: int):

@@ -243,3 +243,23 @@ def test_default_loader_sdxl_from_a_local_folder(tiny_sdxl_folder):
     calls = _count_encodes(models.long_clip)
     assert _generate(backend, base=str(tiny_sdxl_folder), family=SDXL, seed=7, steps=1).ok
     assert calls == []
+
+
+def test_concurrent_visitors_do_not_collide(tiny_loader):
+    """Two requests at once (as with a raised queue limit) give the same images as one after the other.
+
+    Different step counts: a scheduler shared between two runs at once would mix their timesteps.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = DemoBackend(tiny_loader)
+    requests = {5: 2, 6: 5}  # seed: steps
+    expected = {seed: _generate(backend, seed=seed, steps=steps) for seed, steps in requests.items()}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {seed: pool.submit(_generate, backend, seed=seed, steps=steps) for seed, steps in requests.items()}
+        results = {seed: future.result(timeout=300) for seed, future in futures.items()}
+    for seed, result in results.items():
+        assert result.ok, result.message
+        for name in ("long_image", "stock_image"):
+            assert np.array_equal(np.asarray(getattr(result, name)), np.asarray(getattr(expected[seed], name)))
+    assert len(tiny_loader.calls) == 1

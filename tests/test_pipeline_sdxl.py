@@ -83,14 +83,19 @@ def test_tokens_past_77_change_both_encoders(bigg):
         torch.testing.assert_close(pooled_first, pooled_second)
 
 
-@pytest.mark.parametrize("hidden_state, layer", [("penultimate", -2), ("final_norm", None)])
-def test_stretch_short_prompt_equals_unstretched_bigg(hidden_state, layer):
+CABIN = "a small wooden cabin beside a frozen lake under northern lights with pine trees and fresh snow"
+
+
+@pytest.mark.parametrize(
+    "hidden_state, layer, prompt",
+    [("penultimate", -2, CABIN), ("final_norm", None, CABIN), ("penultimate", -2, " ".join(["birch"] * 20))],
+)
+def test_stretch_short_prompt_equals_unstretched_bigg(hidden_state, layer, prompt):
     components = tiny_sdxl_components(long_clip=True)
     stock_bigg = copy.deepcopy(components["text_encoder_2"])
     pipeline = apply_long_clip(LongCLIPStableDiffusionXLPipeline(**components), None, hidden_state=hidden_state)
     assert pipeline.text_encoder_2.config.max_position_embeddings == 248
 
-    prompt = "a small wooden cabin beside a frozen lake under northern lights with pine trees and fresh snow"
     ids = ids_of(prompt)
     assert len(ids) <= 20
     embeds, _, pooled, _ = encode(pipeline, prompt, do_classifier_free_guidance=False)

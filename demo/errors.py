@@ -38,22 +38,41 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+_HUB_ERRORS = {
+    "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled",
+    "RepositoryNotFoundError",
+    "GatedRepoError",
+    "RevisionNotFoundError",
+    "EntryNotFoundError",
+    "HfHubHTTPError",
+    "ConnectionError",
+    "ConnectError",
+    "Timeout",
+    "TimeoutException",
+}
+_NETWORK_HINTS = (
+    "outgoing traffic has been disabled",
+    "not fully cached locally",
+    "couldn't connect",
+    "could not connect",
+    "offline mode",
+    "connection error",
+    "name resolution",
+)
+
+
 def _is_hub_or_network(exc: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    hub = {
-        "LocalEntryNotFoundError",
-        "OfflineModeIsEnabled",
-        "RepositoryNotFoundError",
-        "GatedRepoError",
-        "RevisionNotFoundError",
-        "EntryNotFoundError",
-        "HfHubHTTPError",
-        "ConnectionError",
-        "ConnectError",
-        "Timeout",
-        "TimeoutException",
-    }
-    return bool(names & hub)
+    """A Hub / network failure, here or anywhere in the chain of causes (diffusers wraps them in OSError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if {cls.__name__ for cls in type(exc).__mro__} & _HUB_ERRORS:
+            return True
+        if any(hint in str(exc).lower() for hint in _NETWORK_HINTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def friendly_error(exc: BaseException, *, model: str | None = None) -> str:

@@ -263,3 +263,17 @@ def test_concurrent_visitors_do_not_collide(tiny_loader):
         for name in ("long_image", "stock_image"):
             assert np.array_equal(np.asarray(getattr(result, name)), np.asarray(getattr(expected[seed], name)))
     assert len(tiny_loader.calls) == 1
+
+
+def test_hub_id_offline_is_explained_by_the_real_loader(monkeypatch):
+    """HF_HUB_OFFLINE=1 (as in every test) and an uncached Hub id: a message, no network, no traceback."""
+    import huggingface_hub.constants
+
+    from longclip_diffusion.demo.models import load_models
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    backend = DemoBackend(lambda spec: load_models(spec, device="cpu"))
+    result = _generate(backend, base="nobody-here/no-such-model")
+    assert not result.ok
+    assert "`nobody-here/no-such-model`" in result.message
+    assert "not available locally and the Hugging Face Hub could not be reached" in result.message

@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pcm-components", type=int, default=8, help="32 in the reference (width 768); 8 for width 64")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1 is fastest for this tiny model (no thread sync)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")

@@ -159,7 +159,8 @@ class DemoBackend:
         compare: bool = True,
         progress: Callable[..., Any] | None = None,
     ) -> GenerationResult:
-        progress = progress or (lambda *args, **kwargs: None)
+        if progress is None:  # (not `or`: an idle gr.Progress has len 0, so it is falsy)
+            progress = lambda *args, **kwargs: None  # noqa: E731
         used_seed = None
         spec = None
         try:
@@ -356,6 +357,7 @@ def build_demo(
             on_generate,
             inputs=[prompt, negative, seed, steps, guidance, width, height, family, base_box, long_clip_box, compare],
             outputs=[long_image, stock_image, status, seed],
+            show_progress_on=[status, long_image, stock_image],
             concurrency_limit=1,
             concurrency_id="generate",
             api_name="generate",

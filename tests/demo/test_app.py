@@ -277,3 +277,21 @@ def test_hub_id_offline_is_explained_by_the_real_loader(monkeypatch):
     assert not result.ok
     assert "`nobody-here/no-such-model`" in result.message
     assert "not available locally and the Hugging Face Hub could not be reached" in result.message
+
+
+def test_gradio_progress_object_is_used(tiny_loader):
+    """An idle gr.Progress has len() 0, so it is falsy: the backend must still report to it."""
+    import gradio as gr
+
+    class Recording(gr.Progress):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __call__(self, progress, desc=None, total=None, unit="steps", _tqdm=None):
+            self.calls.append((progress, desc))
+
+    progress = Recording()
+    assert not progress
+    assert _generate(DemoBackend(tiny_loader), steps=1, compare=False, progress=progress).ok
+    assert ((1, 1), "Long-CLIP: step 1/1") in progress.calls

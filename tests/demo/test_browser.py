@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,6 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+STEPS = 6
 TIMEOUT_MS = 120_000  # generation on a busy 2-core CPU; the tiny models need a few seconds
 
 pytestmark = pytest.mark.browser
@@ -57,7 +59,13 @@ def server(tiny_sd_folder):
     from longclip_diffusion.demo.app import build_demo, launch_demo
     from longclip_diffusion.demo.models import load_models
 
-    demo = build_demo(lambda spec: load_models(spec, device="cpu"), base=str(tiny_sd_folder), long_clip="stretch")
+    def slowed_down(spec):
+        """The real loader, with a UNet slow enough (0.2 s a step) for the progress bar to be seen."""
+        models = load_models(spec, device="cpu")
+        models.long_clip.unet.register_forward_pre_hook(lambda module, args: time.sleep(0.2))
+        return models
+
+    demo = build_demo(slowed_down, base=str(tiny_sd_folder), long_clip="stretch")
     port = _free_port()
     launch_demo(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -116,7 +124,7 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
             assert "line-through" in decoration
 
             # 3. Small, fast settings for the tiny model.
-            _set_number(page, "steps", 2)
+            _set_number(page, "steps", STEPS)
             _set_number(page, "width", TINY_SIZE)
             _set_number(page, "height", TINY_SIZE)
             _set_number(page, "seed", 42)
@@ -132,12 +140,16 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
             assert "Traceback" not in error.inner_text()
             base.fill(good_base)
 
-            # 5. Generate: both images, labelled, same seed.
+            # 5. Generate: a progress bar while it runs, then both images, labelled, same seed.
             page.locator("#generate").click()
+            sync_api.expect(page.locator("#status")).to_contain_text(
+                re.compile(rf"(Long-CLIP|stock CLIP): step \d/{STEPS}"), timeout=TIMEOUT_MS
+            )
+            page.screenshot(path=str(tmp_path / "progress.png"))
             for elem_id in ("longclip-image", "stock-image"):
                 sync_api.expect(page.locator(f"#{elem_id} img")).to_be_visible(timeout=TIMEOUT_MS)
             status = page.locator("#status .status.ok")
-            sync_api.expect(status).to_contain_text("Long-CLIP and stock CLIP: seed 42, 2 steps")
+            sync_api.expect(status).to_contain_text(f"Long-CLIP and stock CLIP: seed 42, {STEPS} steps")
             sync_api.expect(page.locator("#longclip-image")).to_contain_text("Long-CLIP (248 tokens) · seed 42")
             sync_api.expect(page.locator("#stock-image")).to_contain_text("Stock CLIP (77 tokens) · seed 42")
             for elem_id in ("longclip-image", "stock-image"):

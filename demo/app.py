@@ -353,11 +353,15 @@ def build_demo(
                 result.seed if result.seed is not None else seed,
             )
 
+        # Clear the last result's message at once; the run itself waits its turn in the queue.
         generate.click(
+            lambda: "<div class='status running'>Generating… (waiting for a free slot if others are ahead)</div>",
+            outputs=status, queue=False, show_progress="hidden", api_name=False,
+        ).then(
             on_generate,
             inputs=[prompt, negative, seed, steps, guidance, width, height, family, base_box, long_clip_box, compare],
             outputs=[long_image, stock_image, status, seed],
-            show_progress_on=[status, long_image, stock_image],
+            show_progress_on=[long_image, stock_image],
             concurrency_limit=1,
             concurrency_id="generate",
             api_name="generate",

@@ -142,10 +142,11 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
 
             # 5. Generate: a progress bar while it runs, then both images, labelled, same seed.
             page.locator("#generate").click()
-            sync_api.expect(page.locator("#status")).to_contain_text(
+            sync_api.expect(page.locator("#status")).not_to_contain_text("Could not load")  # old message gone
+            sync_api.expect(page.locator("#longclip-image")).to_contain_text(
                 re.compile(rf"(Long-CLIP|stock CLIP): step \d/{STEPS}"), timeout=TIMEOUT_MS
             )
-            page.screenshot(path=str(tmp_path / "progress.png"))
+            page.screenshot(path=str(tmp_path / "progress.png"), full_page=True)
             for elem_id in ("longclip-image", "stock-image"):
                 sync_api.expect(page.locator(f"#{elem_id} img")).to_be_visible(timeout=TIMEOUT_MS)
             status = page.locator("#status .status.ok")

@@ -55,11 +55,15 @@ def train_command(args: argparse.Namespace) -> None:
 
 def eval_command(args: argparse.Namespace) -> None:
     """Retrieval R@1/5/10 on long and short captions, or zero-shot classification with --classes."""
+    import torch
+
     from .. import checkpoints
     from .data import load_dataset
     from .evaluate import evaluate_retrieval, zero_shot_classification
 
     model = checkpoints.load_clip_model(args.model)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     dataset = load_dataset(args.data, model.config.vision_config.image_size, args.data_format, args.image_root)
     if args.classes:
         classes = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from transformers import CLIPModel
@@ -37,8 +40,21 @@ def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | t
         elif name == "diffusers":
             written[name] = checkpoints.save_diffusers(text_encoder_from_clip(plain), target)
         elif name == "transformers":
-            plain.save_pretrained(str(target))
-            written[name] = target
+            written[name] = _save_pretrained_atomic(plain, target)
         else:
             written[name] = checkpoints.save_comfy_file(text_encoder_from_clip(plain), target)
     return written
+
+
+def _save_pretrained_atomic(model: CLIPModel, target: Path) -> Path:
+    """``save_pretrained`` into a temporary folder beside ``target``, then swap it in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(str(staging))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -94,7 +94,6 @@ class Trainer:
             collate_fn=CaptionCollator(self.context_length),
             pin_memory=self.device.type == "cuda",
             drop_last=True,
-            persistent_workers=False,
         )
         batches = self.sampler.batches_per_epoch
         self.total_steps = config.max_steps or config.epochs * batches
@@ -227,7 +226,8 @@ class Trainer:
                 if self.step >= end:
                     break
         progress.close()
-        self.save_checkpoint()
+        if not (self.config.save_every and self.step % self.config.save_every == 0):
+            self.save_checkpoint()
         self.logger.close()
         return self.model
 

@@ -79,7 +79,7 @@ class Trainer:
         ).to(self.device)
         self.model.train()
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         features = LongCLIPFeatures(self.model)
         self.features = DistributedDataParallel(features) if self.context.enabled else features
         self.context_length = context_length(self.model)

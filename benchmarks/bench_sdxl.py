@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # tables appear as each stage ends, also when redirected
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -43,7 +43,8 @@ EXAMPLE_DOC_STRING = """
 
 def _pad_token_id(pipeline: DiffusionPipeline) -> int:
     """Our pipelines keep it in their config; a stock pipeline given Long-CLIP by `apply_long_clip`, as an attribute."""
-    return getattr(pipeline, "_long_clip_pad_token_id", None) or getattr(pipeline.config, "long_clip_pad_token_id", 0)
+    pad_token_id = getattr(pipeline, "_long_clip_pad_token_id", None)
+    return pad_token_id if pad_token_id is not None else getattr(pipeline.config, "long_clip_pad_token_id", 0)
 
 
 def _normalize_negative(prompt: str | list[str] | None, negative_prompt, batch_size: int) -> list[str]:

@@ -47,6 +47,20 @@ def random_text_encoder(config: CLIPTextConfig, with_projection: bool = False, s
     return stretch_text_encoder(model) if long else model
 
 
+def tiny_vae() -> AutoencoderKL:
+    """A two-level VAE with 4 latent channels (scale factor 2)."""
+    return AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+    )
+
+
 def tiny_sd_components(long_clip: bool = True, cross_attention_dim: int = 32, seed: int = 0) -> dict:
     """Tiny SD 1.x components: UNet, VAE, DDIM scheduler, CLIP-L-like encoder (248 positions if ``long_clip``)."""
     torch.manual_seed(seed)
@@ -62,16 +76,7 @@ def tiny_sd_components(long_clip: bool = True, cross_attention_dim: int = 32, se
         norm_num_groups=2,
         attention_head_dim=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=32,
-    )
+    vae = tiny_vae()
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
@@ -164,16 +169,7 @@ def tiny_sdxl_components(long_clip: bool = True, refiner: bool = False, seed: in
         projection_dim=width_g,
         num_time_ids=5 if refiner else 6,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=32,
-    )
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )

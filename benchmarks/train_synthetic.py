@@ -4,7 +4,7 @@
 2. Fine-tune it three ways on long captions: KPS + PCM, KPS without PCM, naive interpolation (long captions only).
 3. Report text↔image R@1 on held-out long and short captions, next to the 77-token model.
 
-    python benchmarks/train_synthetic.py            # full run (about 10-15 min on 2 CPU cores)
+    python benchmarks/train_synthetic.py            # full run (about 9 min on 2 CPU cores)
     python benchmarks/train_synthetic.py --quick    # smoke run (under a minute)
 """
 
@@ -37,12 +37,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-scenes", type=int, default=4096)
     parser.add_argument("--test-scenes", type=int, default=256)
-    parser.add_argument("--pretrain-steps", type=int, default=500)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--pretrain-steps", type=int, default=2000)
+    parser.add_argument("--finetune-steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pcm-components", type=int, default=8, help="32 in the reference (width 768); 8 for width 64")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--finetune-lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest for this tiny model (no thread sync)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")

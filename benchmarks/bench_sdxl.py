@@ -193,7 +193,12 @@ def stage_end_to_end(repeats: int, latent: int, steps: int, step_latents: list[i
     ours = LongCLIPStableDiffusionXLPipeline(
         text_encoder=long_clip_l, text_encoder_2=long_bigg, tokenizer=load_tokenizer(), **common
     )
-    for pipeline in (stock, ours):
+    # diffusers' own pipeline given the same 248-position components: isolates what our encoding code costs
+    stock_same = StableDiffusionXLPipeline(
+        text_encoder=long_clip_l, text_encoder_2=long_bigg, tokenizer=load_tokenizer(),
+        **{**common, "tokenizer_2": sdxl_tokenizer_2(248)},
+    )
+    for pipeline in (stock, ours, stock_same):
         pipeline.set_progress_bar_config(disable=True)
     size = latent * 8
 
@@ -213,12 +218,14 @@ def stage_end_to_end(repeats: int, latent: int, steps: int, step_latents: list[i
                 unet(sample, 500, states, added_cond_kwargs=added)  # warm-up
                 step[side, context] = median_seconds(lambda: unet(sample, 500, states, added_cond_kwargs=added), repeats)
 
-    run(stock), run(ours)  # warm-up
-    timings = {"stock": [], "ours": []}
+    run(stock), run(ours), run(stock_same)  # warm-up
+    timings = {"stock": [], "ours": [], "stock_same": []}
     for _ in range(repeats):
         timings["stock"].append(median_seconds(lambda: run(stock), 1))
         timings["ours"].append(median_seconds(lambda: run(ours), 1))
+        timings["stock_same"].append(median_seconds(lambda: run(stock_same), 1))
     stock_time, ours_time = statistics.median(timings["stock"]), statistics.median(timings["ours"])
+    same_time = statistics.median(timings["stock_same"])
 
     print("\n### One SDXL UNet step (batch 2 for guidance), by context length\n")
     print("| latents | context tokens | median s | vs 77 |")
@@ -231,6 +238,8 @@ def stage_end_to_end(repeats: int, latent: int, steps: int, step_latents: list[i
     print("|---|---:|---:|")
     print(f"| stock StableDiffusionXLPipeline (77 tokens) | {stock_time:.2f} | — |")
     print(f"| LongCLIPStableDiffusionXLPipeline (248 tokens, stretch) | {ours_time:.2f} | {100 * (ours_time / stock_time - 1):+.1f} % |")
+    print(f"| stock StableDiffusionXLPipeline, same 248-position components | {same_time:.2f} | "
+          f"ours {100 * (ours_time / same_time - 1):+.1f} % |")
     results.append(("e2e", "stock", latent, stock_time))
     results.append(("e2e", "ours", latent, ours_time))
 

@@ -78,3 +78,21 @@ def test_errors_exit_non_zero_with_one_line(tmp_path):
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "longclip_diffusion.cli", command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: longclip " + command in result.stdout
+
+
+def test_generate_sdxl_and_stretch_bigg(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from longclip_diffusion.testing import tiny_sdxl_components
+
+    StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=False)).save_pretrained(tmp_path / "tiny-sdxl")
+    output = tmp_path / "sdxl.png"
+    args = ["generate", LONG_PROMPT, "--sdxl", "--steps", "1", "--height", "32", "--width", "32",
+            "--base", str(tmp_path / "tiny-sdxl"), "--long-clip", "stretch", "-o", str(output)]
+    assert main(args) == 0
+    assert np.asarray(Image.open(output)).shape == (32, 32, 3)
+
+    assert main(["stretch", str(tmp_path / "tiny-sdxl"), str(tmp_path / "bigg-long"),
+                 "--subfolder", "text_encoder_2", "--with-projection"]) == 0
+    bigg = load_text_encoder(tmp_path / "bigg-long", with_projection=True)
+    assert bigg.config.max_position_embeddings == 248 and bigg.config.hidden_act == "gelu"

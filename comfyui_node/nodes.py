@@ -7,6 +7,7 @@ import types
 
 import comfy.model_management
 import comfy.sd
+import comfy.sdxl_clip
 import comfy.utils
 import folder_paths
 import torch
@@ -41,15 +42,46 @@ def encoder_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(FOLDER, name)
 
 
-def rebuild_clip(clip, state_dict):
-    """A new core CLIP of the same kind as ``clip`` whose encoders take the shapes (e.g. 248 positions) in ``state_dict``."""
+class SDXLClipGWindows(comfy.sdxl_clip.SDXLClipModel):
+    """SDXL's two encoders where clip_l reads the whole prompt in one pass (Long-CLIP-L, 248 positions) and clip_g
+    keeps its positions and reads the same tokens in windows ``[start, 75 tokens, end, pad…]``, laid onto clip_l's
+    positions token by token (``longclip_diffusion.prompts.window_layout``). Weighting is core's, per window; pooled
+    is the first window's, as in core SDXL."""
+
+    def encode_token_weights(self, token_weight_pairs):
+        l_out, _ = self.clip_l.encode_token_weights(token_weight_pairs["l"])
+        start, end, pad = (self.clip_g.special_tokens[name] for name in ("start", "end", "pad"))
+        window_length = self.clip_g.transformer.text_model.embeddings.position_embedding.num_embeddings
+        body = window_length - 2
+        windows, layouts = [], []
+        for batch in token_weight_pairs["g"]:  # each as long as clip_l's: [start, tokens…, end, pad…]
+            count = next(i for i, item in enumerate(batch) if i > 0 and isinstance(item[0], int) and item[0] == end) - 1
+            tokens = batch[1 : 1 + count]
+            window, slot = prompts.window_layout(count, len(batch), window_length)
+            layouts.append((window + len(windows), slot))
+            for chunk in [tokens[i : i + body] for i in range(0, count, body)] or [[]]:
+                padding = [(pad, 1.0)] * (window_length - len(chunk) - 2)
+                windows.append([(start, 1.0), *chunk, (end, 1.0), *padding])
+        g_out, g_pooled = self.clip_g.encode_token_weights(windows)
+        g_out = g_out.reshape(len(windows), window_length, -1)
+        g_out = torch.cat([g_out[window, slot] for window, slot in layouts]).unsqueeze(0)
+        return torch.cat([l_out, g_out.to(l_out)], dim=-1), g_pooled
+
+
+def rebuild_clip(clip, state_dict, model_class=None, token_length=None):
+    """A new core CLIP of the same kind as ``clip`` (or of ``model_class``) whose encoders take the shapes (e.g. 248
+    positions) in ``state_dict``; its tokenizers read each encoder's positions, or ``token_length`` for all."""
     prefixes = comfy_format.encoder_prefixes(state_dict)
     configs = {name: comfy_format.text_model_config(state_dict, prefix) for name, prefix in prefixes.items()}
-    target = types.SimpleNamespace(clip=type(clip.cond_stage_model), tokenizer=type(clip.tokenizer), params={})
+    target = types.SimpleNamespace(
+        clip=model_class or type(clip.cond_stage_model), tokenizer=type(clip.tokenizer), params={}
+    )
     new = comfy.sd.CLIP(
         target,
         embedding_directory=folder_paths.get_folder_paths("embeddings"),
-        tokenizer_data={f"{name}_max_length": config["max_position_embeddings"] for name, config in configs.items()},
+        tokenizer_data={
+            f"{name}_max_length": token_length or config["max_position_embeddings"] for name, config in configs.items()
+        },
         model_options={f"{name}_model_config": config for name, config in configs.items()},
         parameters=comfy.utils.calculate_parameters(state_dict),
     )
@@ -99,8 +131,9 @@ class LongCLIPLoader(io.ComfyNode):
 
 
 class LongCLIPSDXL(io.ComfyNode):
-    """Turns an SDXL CLIP into a 248-token one: clip_l becomes Long-CLIP-L, clip_g is stretched with KPS
-    (pooled output stays clip_g's). Put LoRA loaders after this node."""
+    """Turns an SDXL CLIP into a 248-token one: clip_l becomes Long-CLIP-L; clip_g is stretched with KPS
+    ("stretch") or reads the prompt in 75-token windows laid onto the 248 positions ("windows"). Pooled output stays
+    clip_g's. Put LoRA loaders after this node."""
 
     @classmethod
     def define_schema(cls):
@@ -114,12 +147,20 @@ class LongCLIPSDXL(io.ComfyNode):
                 io.Combo.Input("long_clip_l", options=encoder_names()),
                 io.Int.Input("keep", default=20, min=0, max=75, tooltip="clip_g rows copied unchanged by KPS."),
                 io.Int.Input("ratio", default=4, min=1, max=16, tooltip="KPS stretch factor for the other rows."),
+                io.Combo.Input(
+                    "clip_g_mode",
+                    options=["stretch", "windows"],
+                    default="stretch",
+                    optional=True,
+                    tooltip="stretch: KPS to 248 positions, one pass (the reference recipe). windows: clip_g keeps "
+                    "77 positions and reads 75-token windows; pooled output then sees only the first 75 tokens.",
+                ),
             ],
             outputs=[io.Clip.Output()],
         )
 
     @classmethod
-    def execute(cls, clip, long_clip_l, keep, ratio) -> io.NodeOutput:
+    def execute(cls, clip, long_clip_l, keep, ratio, clip_g_mode="stretch") -> io.NodeOutput:
         state_dict = clip_state_dict(clip)
         found = comfy_format.encoder_prefixes(state_dict)
         if set(found) != {"clip_l", "clip_g"}:
@@ -128,6 +169,8 @@ class LongCLIPSDXL(io.ComfyNode):
         state_dict = {key: value for key, value in state_dict.items() if not key.startswith("clip_l.")}
         state_dict.update(comfy_format.with_prefix(long_l, found["clip_l"]))
         length = long_l[comfy_format.TABLE].shape[0]
+        if clip_g_mode == "windows":
+            return io.NodeOutput(rebuild_clip(clip, state_dict, model_class=SDXLClipGWindows, token_length=length))
         if state_dict[found["clip_g"] + comfy_format.TABLE].shape[0] != length:
             state_dict = comfy_format.stretch_state_dict(state_dict, keep=keep, ratio=ratio, names=("clip_g",))
         stretched = state_dict[found["clip_g"] + comfy_format.TABLE].shape[0]

@@ -225,6 +225,33 @@ def project_end_of_text(
     return projection(last_hidden_state[rows, end_of_text])
 
 
+def window_layout(num_tokens: int, length: int, window_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of ``length`` one-pass positions reads from when a prompt is encoded in shorter windows.
+
+    The prompt's ``n = num_tokens`` tokens are split into chunks of ``w = window_length − 2`` (75 for CLIP's 77), each
+    encoded as ``[start, chunk, end, pad…]``. Returns ``(window, slot)``, two ``[length]`` index tensors (window
+    counted from the prompt's first):
+
+    * position 0 (start) ← window 0, slot 0;
+    * position ``i`` (token ``ti``, 1 ≤ i ≤ n) ← window ``(i − 1) // w``, slot ``(i − 1) % w + 1``;
+    * position ``n + 1`` (end) ← the last window's end slot (``m + 1``, with ``m`` tokens in that window);
+    * positions ``n + 2 …`` (padding) ← the last window's pad slots in order; past its final slot they repeat it.
+    """
+    body = window_length - 2
+    last = max(num_tokens - 1, 0) // body
+    tokens_in_last = num_tokens - last * body
+    positions = torch.arange(length)
+    token_window = ((positions - 1).clamp(min=0) // body).clamp(max=last)
+    token_slot = (positions - 1) % body + 1
+    tail_start = num_tokens + 1  # the end token; everything from here on reads the last window after its tokens
+    tail_slot = (tokens_in_last + 1 + positions - tail_start).clamp(max=window_length - 1)
+    in_tail = positions >= tail_start
+    window = torch.where(in_tail, torch.full_like(positions, last), token_window)
+    slot = torch.where(in_tail, tail_slot, token_slot)
+    window[0], slot[0] = 0, 0
+    return window, slot
+
+
 def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     """Token weighting around the empty prompt: ``empty + w · (z − empty)`` (see the module docstring).
 

@@ -59,6 +59,7 @@ from ..prompts import (
     project_end_of_text,
     select_hidden_states,
     tokenize_prompt,
+    window_layout,
 )
 from ..tokenizer import CONTEXT_LENGTH, END_OF_TEXT, START_OF_TEXT, load_tokenizer
 from .stable_diffusion import STRETCH, _normalize_negative, _repeat_per_image
@@ -133,18 +134,12 @@ def encode_windows(
 ) -> PromptEncoding:
     """Encode prompts of up to ``length`` positions with a shorter encoder (e.g. bigG's 77) in windows.
 
-    The prompt's tokens ``t1 … tn`` (``n ≤ length − 2``, weights parsed as everywhere) are split into chunks of
-    ``w = positions − 2`` tokens (75 for 77 positions). Chunk ``c`` is encoded as ``[start, chunk, end, pad…]``; all
-    windows of all prompts go through the encoder as one batch. Long-CLIP's ``length`` positions are then filled:
-
-    * position 0 (start) ← window 0, slot 0 (its start token);
-    * position ``i`` (token ``ti``, 1 ≤ i ≤ n) ← window ``(i − 1) // w``, slot ``(i − 1) % w + 1``;
-    * position ``n + 1`` (end) ← the last window's end slot (``m + 1``, with ``m`` tokens in that window);
-    * positions ``n + 2 …`` (padding) ← the last window's pad slots in order (``m + 2``, ``m + 3``, …); past its final
-      slot they repeat that final slot.
-
-    An empty prompt is one window ``[start, end, pad…]``. Per-token weights are applied on the laid-out states, as in
-    one-pass encoding (around the laid-out empty prompt, encoded in the same batch). Pooled: the first window's projected end-of-text feature (covers only the first ``w`` tokens).
+    The prompt's tokens (weights parsed as everywhere) are split into windows ``[start, 75 tokens, end, pad…]``; all
+    windows of all prompts go through the encoder as one batch, and Long-CLIP's ``length`` positions are filled from
+    them as :func:`~longclip_diffusion.prompts.window_layout` says (each token from its own window; end and padding
+    from the last window). An empty prompt is one window ``[start, end, pad…]``. Per-token weights are applied on the
+    laid-out states, as in one-pass encoding (around the laid-out empty prompt, encoded in the same batch).
+    Pooled: the first window's projected end-of-text feature (covers only the first 75 tokens).
     """
     device = device or next(text_encoder.parameters()).device
     window_length = num_positions(text_encoder)
@@ -159,23 +154,12 @@ def encode_windows(
     for item in tokenized:
         count = min(item.num_tokens, length - 2)
         ids = item.input_ids[1 : 1 + count].tolist()
-        chunks = [ids[start : start + body] for start in range(0, count, body)] or [[]]
         first = len(windows)
         first_window.append(first)
-        for chunk in chunks:
+        for chunk in [ids[start : start + body] for start in range(0, count, body)] or [[]]:
             padding = window_length - len(chunk) - 2
             windows.append([START_OF_TEXT, *chunk, END_OF_TEXT] + [pad_token_id] * padding)
-
-        positions = torch.arange(length)
-        token_window = ((positions - 1).clamp(min=0) // body).clamp(max=len(chunks) - 1)
-        token_slot = (positions - 1) % body + 1
-        last = len(chunks) - 1
-        tail_start = count + 1  # the end token; everything from here on reads the last window after its tokens
-        tail_slot = (len(chunks[-1]) + 1 + positions - tail_start).clamp(max=window_length - 1)
-        in_tail = positions >= tail_start
-        window = torch.where(in_tail, torch.full_like(positions, last), token_window)
-        slot = torch.where(in_tail, tail_slot, token_slot)
-        window[0], slot[0] = 0, 0
+        window, slot = window_layout(count, length, window_length)
         window_index.append(window + first)
         slot_index.append(slot)
 

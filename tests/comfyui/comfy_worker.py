@@ -176,6 +176,51 @@ def scenario_sdxl():
     }
 
 
+def scenario_sdxl_windows():
+    """clip_g in 75-token windows: checked against windows built by hand and encoded by the untouched clip_g."""
+    name = write_long_clip_l()
+    base, _ = sdxl_clip()
+    (clip,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4, clip_g_mode="windows")
+    (stretched,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4)
+    prompt = long_prompt("red")
+    cond, pooled = encode(clip, prompt)
+    cond_blue, _ = encode(clip, long_prompt("blue"))
+    stretched_cond, _ = encode(stretched, prompt)
+    plain, _ = encode(clip, "a photo of a cat")
+    weighted, _ = encode(clip, "a photo of a (cat:1.5)")
+    very_long, _ = encode(clip, prompt + ", " + prompt)  # over 246 tokens: core tokenizes a second 248 batch
+
+    ids = [token for token, _ in clip.tokenize(prompt)["g"][0]]
+    count = ids.index(49407) - 1
+    tokens = ids[1 : 1 + count]
+    clip_g = base.cond_stage_model.clip_g
+    base.load_model()
+
+    def by_hand(chunk):
+        window = [49406, *chunk, 49407] + [0] * (75 - len(chunk))
+        return clip_g.encode_token_weights([[(token, 1.0) for token in window]])
+
+    second, _ = by_hand(tokens[75:150])
+    last_chunk = tokens[225:]
+    last, _ = by_hand(last_chunk)
+    _, first_pooled = by_hand(tokens[:75])
+    end = 1 + count
+    return {
+        "shape": list(cond.shape),
+        "pooled_shape": list(pooled.shape),
+        "count": count,
+        "g_max_length": clip.tokenizer.clip_g.max_length,
+        "g_positions": clip.cond_stage_model.clip_g.transformer.text_model.embeddings.position_embedding.num_embeddings,
+        "clip_g_past_77_change": diff(cond[:, 150:, 768:], cond_blue[:, 150:, 768:]),
+        "second_window_vs_by_hand": diff(cond[0, 76:151, 768:], second[0, 1:76]),
+        "end_and_padding_vs_by_hand": diff(cond[0, end:, 768:], last[0, len(last_chunk) + 1 : len(last_chunk) + 249 - end]),
+        "pooled_vs_first_window": diff(pooled, first_pooled),
+        "weighting_changes_clip_g": diff(plain[..., 768:], weighted[..., 768:]),
+        "very_long_shape": list(very_long.shape),
+        "clip_l_vs_stretch_mode": diff(cond[..., :768], stretched_cond[..., :768]),
+    }
+
+
 def scenario_stretch():
     from longclip_diffusion import positions
 

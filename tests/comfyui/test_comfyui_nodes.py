@@ -33,7 +33,7 @@ def stand_in(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(stand_in, tmp_path_factory):
     """One ComfyUI process runs every in-process scenario (start-up is the slow part)."""
-    scenarios = ["nodes", "sd15", "sdxl", "stretch", "token_count", "fidelity"]
+    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "stretch", "token_count", "fidelity"]
     if os.environ.get("LONGCLIP_COMFYUI_FULL_SIZE", "1") != "0":
         scenarios.append("roundtrip")
     found = run_worker(tmp_path_factory.mktemp("comfy-work"), stand_in, *scenarios)
@@ -73,6 +73,21 @@ def test_sdxl_node_gives_248_tokens_on_both_encoders_and_clip_g_pooled(results):
     assert sdxl["clip_l_past_77_change"] > 1e-3 and sdxl["clip_g_past_77_change"] > 1e-3
     assert sdxl["pooled_change"] > 1e-4  # pooled reads clip_g's end-of-text, after the changed word
     assert sdxl["g_table_vs_kps"] < 1e-3  # fp16 storage of the core's stretch_positions
+
+
+def test_sdxl_node_windows_mode_lays_clip_g_windows_onto_248_positions(results):
+    windows = result(results, "sdxl_windows")
+    assert windows["shape"] == [1, 248, 2048] and windows["pooled_shape"] == [1, 1280]
+    assert windows["g_positions"] == 77 and windows["g_max_length"] == 248
+    assert 225 < windows["count"] <= 246  # four windows, the last one partly filled
+    assert windows["clip_g_past_77_change"] > 1e-3  # the end of the prompt reaches clip_g (lost in core's trim)
+    # fp32; the node encodes all windows as one batch, by hand one at a time (≈1e-6 from batched matmuls)
+    assert windows["second_window_vs_by_hand"] < 1e-5
+    assert windows["end_and_padding_vs_by_hand"] < 1e-5
+    assert windows["pooled_vs_first_window"] < 1e-5
+    assert windows["weighting_changes_clip_g"] > 1e-3
+    assert windows["very_long_shape"] == [1, 496, 2048]
+    assert windows["clip_l_vs_stretch_mode"] == 0.0
 
 
 def test_stretch_node_applies_kps_to_every_encoder(results):

@@ -255,6 +255,11 @@ def main() -> None:
     parser.add_argument("--skip-encoding", action="store_true")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # tables appear as each stage ends, also when redirected
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()  # the stock 77-token run would print its truncation warning every call
+    transformers_logging.set_verbosity_error()
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ from longclip_diffusion.prompts import (
     encode_prompts,
     parse_weighted_prompt,
     tokenize_prompt,
+    window_layout,
 )
 from longclip_diffusion.testing import clip_text_config, random_text_encoder
 from longclip_diffusion.tokenizer import END_OF_TEXT, START_OF_TEXT, load_tokenizer, tokenize
@@ -110,3 +111,17 @@ def test_count_tokens_marks_where_77_token_clip_cuts(tokenizer):
     assert count.kept_text == " ".join(words[:fitting]) and count.dropped_text == " ".join(words[fitting:])
     assert count_tokens("a (short:1.2) prompt", tokenizer=tokenizer).fits
     assert count_tokens("a (short:1.2) prompt", tokenizer=tokenizer).num_tokens == 3
+
+
+def test_window_layout_reads_each_token_from_its_own_window_and_the_tail_from_the_last():
+    # 5 tokens, windows of 5 positions (3 tokens each): [s t1 t2 t3 e], [s t4 t5 e p]; 12 one-pass positions.
+    window, slot = window_layout(num_tokens=5, length=12, window_length=5)
+    #                 s  t1 t2 t3 t4 t5 e  p  p  p  p  p
+    assert window.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert slot.tolist() == [0, 1, 2, 3, 1, 2, 3, 4, 4, 4, 4, 4]
+
+
+def test_window_layout_of_an_empty_prompt_is_one_window():
+    window, slot = window_layout(num_tokens=0, length=6, window_length=4)
+    assert window.tolist() == [0] * 6
+    assert slot.tolist() == [0, 1, 2, 3, 3, 3]

@@ -180,6 +180,14 @@ def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> 
         components["tokenizer_2"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **local)
     else:
         components["requires_safety_checker"] = False
+    positions = components["text_encoder"].config.max_position_embeddings
+    if positions > 77:
+        from .errors import DemoInputError
+
+        raise DemoInputError(
+            f"The base model {base} already holds a long text encoder ({positions} positions), so a stock-CLIP "
+            "comparison from it would not be stock. Pick the original base model, or untick the comparison."
+        )
     # Schedulers keep per-run state: give each pipeline its own (same config).
     scheduler = long_pipe.scheduler
     components["scheduler"] = type(scheduler).from_config(scheduler.config)

@@ -493,14 +493,15 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             keep: rows kept by the KPS stretch.
             kwargs: passed to [`~diffusers.DiffusionPipeline.from_pretrained`].
         """
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if long_clip is not None and not (isinstance(long_clip, str) and long_clip == STRETCH):
-            text_encoder = load_text_encoder(long_clip, torch_dtype=kwargs.get("torch_dtype"))
+            text_encoder = load_text_encoder(long_clip, torch_dtype=dtype)
             kwargs.setdefault("text_encoder", text_encoder)
             kwargs.setdefault("tokenizer", load_tokenizer(num_positions(text_encoder)))
             kwargs.setdefault("long_clip_pad_token_id", 0)
             long_clip = None
         if bigg is not None and not (isinstance(bigg, str) and bigg in BIGG_MODES):  # a checkpoint or model
-            kwargs.setdefault("text_encoder_2", load_long_bigg(bigg, torch_dtype=kwargs.get("torch_dtype")))
+            kwargs.setdefault("text_encoder_2", load_long_bigg(bigg, torch_dtype=dtype))
             bigg = SUPPLIED
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return apply_long_clip_xl(pipeline, long_clip, keep=keep, bigg=bigg, hidden_state=hidden_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -42,6 +43,19 @@ def init_distributed() -> DistributedContext:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: free DDP's reducers first (they hold the group), wait for every rank, destroy.
+
+    Destroying a gloo group while a DDP reducer still holds it can deadlock at exit (the group's worker thread needs
+    the GIL to free a finished work's tensors while the main thread, holding the GIL, joins it).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def current_context() -> DistributedContext:

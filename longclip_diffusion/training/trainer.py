@@ -249,7 +249,7 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
     from .. import checkpoints
     from .config import save_config
     from .data import load_dataset
-    from .distributed import init_distributed
+    from .distributed import init_distributed, shutdown_distributed
     from .export import export_model
 
     if not config.base_model:
@@ -264,8 +264,8 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, trainer.output_dir / "config.yaml")
     trained = trainer.train()
-    written = export_model(trained, trainer.output_dir / "export", config.export) if context.is_main else {}
-    if context.enabled:
-        dist.barrier()
-        dist.destroy_process_group()
+    export_dir = trainer.output_dir / "export"
+    del trainer  # its DDP reducer holds the process group; free it before the group goes
+    written = export_model(trained, export_dir, config.export) if context.is_main else {}
+    shutdown_distributed()
     return written

@@ -172,6 +172,19 @@ def test_default_loader_reads_a_local_folder_offline(tiny_sd_folder):
     assert result.long_image.size == (TINY_SIZE, TINY_SIZE)
 
 
+def test_stock_side_refuses_a_base_that_is_already_long_clip(tmp_path):
+    """A saved Long-CLIP pipeline as base would make the "stock" image a Long-CLIP one: the page says so instead."""
+    from longclip_diffusion.demo.models import load_models
+    from longclip_diffusion.pipelines import LongCLIPStableDiffusionPipeline
+    from longclip_diffusion.testing import tiny_sd_components
+
+    LongCLIPStableDiffusionPipeline(**tiny_sd_components(long_clip=True)).save_pretrained(tmp_path)
+    backend = DemoBackend(lambda spec: load_models(spec, device="cpu"))
+    result = _generate(backend, base=str(tmp_path), steps=1)
+    assert not result.ok and "already holds a long text encoder (248 positions)" in result.message, result.message
+    assert _generate(backend, base=str(tmp_path), steps=1, compare=False).ok
+
+
 def test_build_demo_wires_queue_and_events(tiny_loader):
     demo = build_demo(tiny_loader, base="tiny", long_clip="stretch")
     assert demo.backend.models.loader is tiny_loader

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.multiprocessing as mp
 
 from longclip_diffusion.training import synthetic
 from longclip_diffusion.training.config import TrainConfig
-from longclip_diffusion.training.distributed import DistributedContext, all_reduce_mean
+from longclip_diffusion.training.distributed import DistributedContext, all_reduce_mean, shutdown_distributed
 from longclip_diffusion.training.trainer import Trainer
 
 MODES = ("global", "none")
@@ -49,9 +50,10 @@ def _worker(rank: int, world_size: int, port: int, batch: dict, dataset, output_
         trainer = Trainer(_config(pcm, rows, output_dir), _model(), dataset, context)
         loss, grads = _loss_and_grads(trainer, local)
         results[pcm] = (all_reduce_mean(loss), grads)
+        del trainer
     if rank == 0:
         torch.save(results, result_path)
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 def _free_port() -> int:
@@ -64,7 +66,15 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path, dataset, batch):
     batch = {key: value[:8] for key, value in batch.items()}
     result_path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), batch, dataset, str(tmp_path / "ddp"), result_path), nprocs=2, join=True)
+    workers = mp.spawn(
+        _worker, args=(2, _free_port(), batch, dataset, str(tmp_path / "ddp"), result_path), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + 180
+    while not workers.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the two gloo workers did not finish within 180 s")
     distributed = torch.load(result_path, weights_only=True)
     for pcm in MODES:
         trainer = Trainer(_config(pcm, 8, str(tmp_path / "single")), _model(), dataset)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
+import torch
 
 from longclip_diffusion.cli import main
 from longclip_diffusion.training import synthetic
@@ -48,3 +53,25 @@ def test_bad_config_is_reported(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("learning_rate = 1\n")
     assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
     assert "unknown option(s) learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_with_two_processes(tmp_path):
+    """The real launcher: `torchrun --nproc_per_node 2 … longclip train` joins a gloo group, trains, exports once."""
+    scenes = synthetic.make_scenes(32, seed=2)
+    data = synthetic.write_dataset(tmp_path / "data", scenes, image_size=32)
+    base = tmp_path / "base"
+    synthetic.tiny_clip(image_size=32, layers=1).save_pretrained(str(base))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"base_model: {base}\ntrain_data: {data}\nbatch_size: 8\nnum_workers: 0\nlr: 1.0e-4\n"
+                      "warmup_steps: 1\npcm_components: 4\nprogress: false\nexport: [openai]\n")
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "longclip_diffusion.cli", "train", "--config", str(config), "--max-steps", "2",
+               "--output-dir", str(output)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    state = torch.load(output / "checkpoint-latest.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert (output / "export" / "longclip.pt").is_file()
+    assert finished.stdout.count("openai: ") == 1  # rank 0 alone exports and reports

@@ -94,7 +94,9 @@ EXAMPLE_DOC_STRING = """
 
 
 def _text_tokenizer(pipeline: DiffusionPipeline) -> CLIPTokenizer:
-    """The tokenizer prompts are read with: the pipeline's own unless its pad token is ``"!"`` (SDXL's tokenizer_2)."""
+    """The tokenizer prompts are read with: the pipeline's own unless its pad token is ``"!"`` (SDXL's tokenizer_2,
+    which would read a literal "!" as padding). Then a plain CLIP tokenizer that takes over the tokens added to
+    ``tokenizer_2`` (textual inversion on a refiner), with the same ids."""
     for tokenizer in (getattr(pipeline, "tokenizer", None), getattr(pipeline, "tokenizer_2", None)):
         if tokenizer is not None and "!" not in tokenizer.all_special_tokens:
             return tokenizer
@@ -102,6 +104,10 @@ def _text_tokenizer(pipeline: DiffusionPipeline) -> CLIPTokenizer:
     if fallback is None:
         fallback = load_tokenizer(CONTEXT_LENGTH)
         pipeline._long_clip_tokenizer = fallback
+    source = getattr(pipeline, "tokenizer_2", None)
+    if source is not None and len(source) > len(fallback):
+        added = sorted((token_id, token) for token, token_id in source.get_added_vocab().items())
+        fallback.add_tokens([token for token_id, token in added if token_id >= len(fallback)])
     return fallback
 
 

@@ -372,6 +372,17 @@ def test_apply_long_clip_on_refiner():
     output = refiner(LONG, image=torch.rand(1, 3, 32, 32), num_inference_steps=2, strength=0.5, output_type="np")
     assert output.images.shape == (1, 32, 32, 3)
 
+    # Textual inversion on the refiner goes into tokenizer_2 / text_encoder_2; the Long-CLIP reading uses it.
+    vector = torch.randn(WIDTH_G, generator=torch.Generator().manual_seed(5))
+    refiner.load_textual_inversion(
+        {"<toy>": vector}, token="<toy>", text_encoder=refiner.text_encoder_2, tokenizer=refiner.tokenizer_2
+    )
+    toy_id = refiner.tokenizer_2.convert_tokens_to_ids("<toy>")
+    embeds = encode(refiner, "a <toy> on a mat!", do_classifier_free_guidance=False)[0]
+    ids = [ids_of("a")[0], toy_id, *ids_of("on a mat"), 256]
+    expected, _ = bigg_states(refiner.text_encoder_2, ids, 248)
+    torch.testing.assert_close(embeds[0, :8], expected[:8])
+
     # A base and its refiner sharing bigG (the usual set-up): it is stretched once.
     base = apply_long_clip(StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=False)), "stretch")
     refiner = StableDiffusionXLImg2ImgPipeline(**{**tiny_sdxl_components(refiner=True), "text_encoder_2": base.text_encoder_2})

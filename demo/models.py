@@ -152,7 +152,7 @@ def default_device() -> str:
 def _from_pretrained_kwargs(base: str, device: str) -> dict[str, Any]:
     import torch
 
-    kwargs: dict[str, Any] = {"torch_dtype": torch.float16 if device != "cpu" else torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.float16 if device != "cpu" else torch.float32}
     if os.path.isdir(base):
         kwargs["local_files_only"] = True  # a local folder never needs the network
     return kwargs
@@ -165,8 +165,8 @@ def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> 
 
     sdxl = is_sdxl_pipeline(long_pipe)
     cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    dtype = from_pretrained_kwargs.get("torch_dtype")
-    local = {k: v for k, v in from_pretrained_kwargs.items() if k != "torch_dtype"}
+    dtype = from_pretrained_kwargs.get("dtype")
+    local = {k: v for k, v in from_pretrained_kwargs.items() if k != "dtype"}
     accepted = inspect.signature(cls.__init__).parameters
     components = {k: v for k, v in long_pipe.components.items() if k in accepted}
     components["text_encoder"] = CLIPTextModel.from_pretrained(

@@ -40,7 +40,7 @@ def generate(args: argparse.Namespace) -> None:
     else:
         pipeline_class, base = LongCLIPStableDiffusionPipeline, args.base or DEFAULT_SD15
     long_clip = None if args.long_clip == "none" else args.long_clip
-    pipeline = pipeline_class.from_pretrained(base, long_clip=long_clip, torch_dtype=dtype)
+    pipeline = pipeline_class.from_pretrained(base, long_clip=long_clip, dtype=dtype)
     if hasattr(pipeline, "safety_checker") and args.no_safety_checker:
         pipeline.safety_checker = None
     pipeline = pipeline.to(device)

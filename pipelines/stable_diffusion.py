@@ -14,10 +14,12 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+from packaging.version import Version
 
 from ..checkpoints import load_text_encoder
 from ..positions import stretch_text_encoder
@@ -25,6 +27,17 @@ from ..prompts import encode_prompts, num_positions
 from ..tokenizer import END_OF_TEXT, load_tokenizer
 
 STRETCH = "stretch"
+# diffusers 0.40 takes `dtype` in from_pretrained and deprecates `torch_dtype`; older releases take only `torch_dtype`.
+DTYPE_ARGUMENT = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
+
+
+def _dtype_argument(kwargs: dict[str, Any]) -> torch.dtype | None:
+    """The dtype asked for as ``dtype`` or ``torch_dtype``, left in ``kwargs`` under the name the installed diffusers
+    reads, so either spelling works on any version without a deprecation warning."""
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    if dtype is not None:
+        kwargs[DTYPE_ARGUMENT] = dtype
+    return dtype
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -188,14 +201,16 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
                 checkpoint in any format [`~longclip_diffusion.checkpoints.load_text_encoder`] reads (file, folder,
                 Hub id, or a model); or `"stretch"` to stretch the base's own encoder with KPS (training-free).
             keep: rows kept by the KPS stretch (only with `"stretch"`).
-            kwargs: passed to [`~diffusers.DiffusionPipeline.from_pretrained`].
+            kwargs: passed to [`~diffusers.DiffusionPipeline.from_pretrained`]; `dtype` and `torch_dtype` both work on
+                every diffusers version.
         """
+        dtype = _dtype_argument(kwargs)
         if long_clip is None:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if isinstance(long_clip, str) and long_clip == STRETCH:
             pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
             return apply_long_clip(pipeline, STRETCH, keep=keep)
-        text_encoder = load_text_encoder(long_clip, torch_dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))
+        text_encoder = load_text_encoder(long_clip, torch_dtype=dtype)
         kwargs.setdefault("tokenizer", load_tokenizer(num_positions(text_encoder)))
         kwargs.setdefault("long_clip_pad_token_id", 0)
         return super().from_pretrained(pretrained_model_name_or_path, text_encoder=text_encoder, **kwargs)

@@ -62,7 +62,7 @@ from ..prompts import (
     window_layout,
 )
 from ..tokenizer import CONTEXT_LENGTH, END_OF_TEXT, START_OF_TEXT, load_tokenizer
-from .stable_diffusion import STRETCH, _normalize_negative, _repeat_per_image
+from .stable_diffusion import STRETCH, _dtype_argument, _normalize_negative, _repeat_per_image
 
 logger = logging.getLogger(__name__)
 
@@ -497,9 +497,10 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             hidden_state: `"penultimate"` (default, SDXL's) or `"final_norm"` (the reference recipe). `None` keeps the
                 saved pipeline's choice.
             keep: rows kept by the KPS stretch.
-            kwargs: passed to [`~diffusers.DiffusionPipeline.from_pretrained`].
+            kwargs: passed to [`~diffusers.DiffusionPipeline.from_pretrained`]; `dtype` and `torch_dtype` both work on
+                every diffusers version.
         """
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        dtype = _dtype_argument(kwargs)
         if long_clip is not None and not (isinstance(long_clip, str) and long_clip == STRETCH):
             text_encoder = load_text_encoder(long_clip, torch_dtype=dtype)
             kwargs.setdefault("text_encoder", text_encoder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 import weakref
 
 import numpy as np
@@ -135,6 +136,15 @@ def test_from_pretrained_with_long_clip_file_and_stretch(tmp_path):
     assert stretched.text_encoder.config.max_position_embeddings == 248
     embeds, _ = stretched.encode_prompt(LONG_PROMPT * 2, "cpu", 1, False)
     assert embeds.shape == (1, 248, 32)
+
+    # Both spellings of the dtype work, on the long encoder too, without diffusers' torch_dtype deprecation warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in ("dtype", "torch_dtype"):
+            half = LongCLIPStableDiffusionPipeline.from_pretrained(
+                tmp_path / "base", long_clip=tmp_path / "longclip.safetensors", **{name: torch.float16}
+            )
+            assert half.unet.dtype == half.text_encoder.dtype == torch.float16, name
 
 
 def test_textual_inversion_through_the_mixin(pipeline):

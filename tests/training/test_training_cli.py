@@ -13,14 +13,19 @@ from longclip_diffusion.cli import main
 from longclip_diffusion.training import synthetic
 
 
-def test_train_then_eval(tmp_path, capsys):
-    scenes = synthetic.make_scenes(16, seed=2)
-    data = synthetic.write_dataset(tmp_path / "data", scenes, image_size=32)
-    base = tmp_path / "base"
+def write_run(folder, num_scenes: int, extra: str = ""):
+    """A tiny synthetic data set, a tiny base CLIP and a run config in ``folder``: ``(config, data)``."""
+    data = synthetic.write_dataset(folder / "data", synthetic.make_scenes(num_scenes, seed=2), image_size=32)
+    base = folder / "base"
     synthetic.tiny_clip(image_size=32, layers=1).save_pretrained(str(base))
-    config = tmp_path / "run.yaml"
+    config = folder / "run.yaml"
     config.write_text(f"base_model: {base}\ntrain_data: {data}\nbatch_size: 8\nnum_workers: 0\nlr: 1.0e-4\n"
-                      "warmup_steps: 1\npcm_components: 4\nprogress: false\n")
+                      "warmup_steps: 1\npcm_components: 4\nprogress: false\n" + extra)
+    return config, data
+
+
+def test_train_then_eval(tmp_path, capsys):
+    config, data = write_run(tmp_path, 16)
     output = tmp_path / "run"
     assert main(["train", "--config", str(config), "--max-steps", "2", "--output-dir", str(output)]) == 0
     assert (output / "config.yaml").is_file() and (output / "checkpoint-latest.pt").is_file()
@@ -58,13 +63,7 @@ def test_bad_config_is_reported(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_under_torchrun_with_two_processes(tmp_path):
     """The real launcher: `torchrun --nproc_per_node 2 … longclip train` joins a gloo group, trains, exports once."""
-    scenes = synthetic.make_scenes(32, seed=2)
-    data = synthetic.write_dataset(tmp_path / "data", scenes, image_size=32)
-    base = tmp_path / "base"
-    synthetic.tiny_clip(image_size=32, layers=1).save_pretrained(str(base))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"base_model: {base}\ntrain_data: {data}\nbatch_size: 8\nnum_workers: 0\nlr: 1.0e-4\n"
-                      "warmup_steps: 1\npcm_components: 4\nprogress: false\nexport: [openai]\n")
+    config, _ = write_run(tmp_path, 32, extra="export: [openai]\n")
     output = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "longclip_diffusion.cli", "train", "--config", str(config), "--max-steps", "2",

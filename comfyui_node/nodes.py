@@ -52,16 +52,13 @@ class SDXLClipGWindows(comfy.sdxl_clip.SDXLClipModel):
         l_out, _ = self.clip_l.encode_token_weights(token_weight_pairs["l"])
         start, end, pad = (self.clip_g.special_tokens[name] for name in ("start", "end", "pad"))
         window_length = self.clip_g.transformer.text_model.embeddings.position_embedding.num_embeddings
-        body = window_length - 2
         windows, layouts = [], []
         for batch in token_weight_pairs["g"]:  # each as long as clip_l's: [start, tokens…, end, pad…]
             count = next(i for i, item in enumerate(batch) if i > 0 and isinstance(item[0], int) and item[0] == end) - 1
-            tokens = batch[1 : 1 + count]
             window, slot = prompts.window_layout(count, len(batch), window_length)
             layouts.append((window + len(windows), slot))
-            for chunk in [tokens[i : i + body] for i in range(0, count, body)] or [[]]:
-                padding = [(pad, 1.0)] * (window_length - len(chunk) - 2)
-                windows.append([(start, 1.0), *chunk, (end, 1.0), *padding])
+            special = [(token, 1.0) for token in (start, end, pad)]
+            windows += prompts.split_into_windows(batch[1 : 1 + count], window_length, *special)
         g_out, g_pooled = self.clip_g.encode_token_weights(windows)
         g_out = g_out.reshape(len(windows), window_length, -1)
         g_out = torch.cat([g_out[window, slot] for window, slot in layouts]).unsqueeze(0)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -150,6 +151,7 @@ class PromptEncoding:
 
 
 HiddenState = Literal["final_norm", "penultimate"]
+Token = TypeVar("Token")
 
 
 def _final_layer_norm(text_encoder: nn.Module) -> nn.LayerNorm:
@@ -223,6 +225,16 @@ def project_end_of_text(
     end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     return projection(last_hidden_state[rows, end_of_text])
+
+
+def split_into_windows(
+    tokens: Sequence[Token], window_length: int, start: Token, end: Token, pad: Token
+) -> list[list[Token]]:
+    """``tokens`` as windows ``[start, up to window_length − 2 tokens, end, pad…]`` of ``window_length`` items each
+    (no tokens: one window ``[start, end, pad…]``); :func:`window_layout` says where each one-pass position reads."""
+    body = window_length - 2
+    chunks = [list(tokens[i : i + body]) for i in range(0, len(tokens), body)] or [[]]
+    return [[start, *chunk, end] + [pad] * (body - len(chunk)) for chunk in chunks]
 
 
 def window_layout(num_tokens: int, length: int, window_length: int) -> tuple[torch.Tensor, torch.Tensor]:

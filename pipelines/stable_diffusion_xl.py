@@ -58,6 +58,7 @@ from ..prompts import (
     num_positions,
     project_end_of_text,
     select_hidden_states,
+    split_into_windows,
     tokenize_prompt,
     window_layout,
 )
@@ -149,7 +150,6 @@ def encode_windows(
     """
     device = device or next(text_encoder.parameters()).device
     window_length = num_positions(text_encoder)
-    body = window_length - 2
     tokenized = [tokenize_prompt(tokenizer, prompt, length, pad_token_id) for prompt in prompts]
     weights = torch.stack([item.weights for item in tokenized]).to(device)
     weighted = bool((weights != 1).any())
@@ -162,9 +162,7 @@ def encode_windows(
         ids = item.input_ids[1 : 1 + count].tolist()
         first = len(windows)
         first_window.append(first)
-        for chunk in [ids[start : start + body] for start in range(0, count, body)] or [[]]:
-            padding = window_length - len(chunk) - 2
-            windows.append([START_OF_TEXT, *chunk, END_OF_TEXT] + [pad_token_id] * padding)
+        windows.extend(split_into_windows(ids, window_length, START_OF_TEXT, END_OF_TEXT, pad_token_id))
         window, slot = window_layout(count, length, window_length)
         window_index.append(window + first)
         slot_index.append(slot)

@@ -12,6 +12,7 @@ from longclip_diffusion.prompts import (
     count_tokens,
     encode_prompts,
     parse_weighted_prompt,
+    split_into_windows,
     tokenize_prompt,
     window_layout,
 )
@@ -119,6 +120,11 @@ def test_window_layout_reads_each_token_from_its_own_window_and_the_tail_from_th
     #                 s  t1 t2 t3 t4 t5 e  p  p  p  p  p
     assert window.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
     assert slot.tolist() == [0, 1, 2, 3, 1, 2, 3, 4, 4, 4, 4, 4]
+
+
+def test_split_into_windows_pads_the_last_window():
+    assert split_into_windows([1, 2, 3, 4, 5], 5, "s", "e", 0) == [["s", 1, 2, 3, "e"], ["s", 4, 5, "e", 0]]
+    assert split_into_windows([], 4, "s", "e", 0) == [["s", "e", 0, 0]]
 
 
 def test_window_layout_of_an_empty_prompt_is_one_window():

@@ -61,6 +61,34 @@ class CheckpointError(ValueError):
     """A file that cannot be read as a CLIP text encoder; the message names the file and what to do."""
 
 
+def text_encoder_width(text_encoder: nn.Module | dict[str, torch.Tensor]) -> int:
+    """Hidden size of a CLIP text encoder: a transformers model or a text state dict in any layout and prefix."""
+    if isinstance(text_encoder, nn.Module):
+        return text_encoder.get_input_embeddings().embedding_dim
+    for key, value in text_encoder.items():
+        if key.endswith(("token_embedding.weight", _TEXT_TABLE)) and "vision" not in key and "visual" not in key:
+            return value.shape[-1]
+    raise CheckpointError(f"found keys like {sorted(text_encoder)[:4]}; {_EXPECTED}.")
+
+
+def check_text_encoder_width(
+    text_encoder: nn.Module | dict[str, torch.Tensor], expected_width: int, *, where: str
+) -> None:
+    """Refuse a text encoder whose hidden size is not what the UNet reads, before it goes into a pipeline.
+
+    ``expected_width``: the UNet's ``cross_attention_dim`` (SD 1.x: 768), or for SDXL the part of it this encoder
+    fills (``cross_attention_dim`` − the other encoder's width: 2048 − 1280 = 768 for ``text_encoder``).
+    ``where`` names the slot and the model, e.g. ``"text_encoder of the SD 1.x pipeline"`` or a file name.
+    """
+    width = text_encoder_width(text_encoder)
+    if width != expected_width:
+        raise CheckpointError(
+            f"{where}: the text encoder is {width} wide but the UNet needs {expected_width} "
+            f"(its cross_attention_dim); use a Long-CLIP of the base's own CLIP size (Long-CLIP-L: 768 for SD 1.x "
+            "and SDXL's text_encoder; a 1280-wide bigG for SDXL's text_encoder_2)."
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
 

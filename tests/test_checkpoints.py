@@ -217,3 +217,14 @@ def test_convert_is_atomic(tmp_path, reference_checkpoint, monkeypatch):
 def test_safetensors_reads_only_requested_tensors(reference_checkpoint):
     text_only = read_state_dict(reference_checkpoint, include=("transformer.", "token_embedding"))
     assert text_only and not any(key.startswith("visual.") for key in text_only)
+
+
+def test_width_check_names_both_widths_for_models_and_state_dicts():
+    from longclip_diffusion.checkpoints import check_text_encoder_width, text_encoder_width
+    from longclip_diffusion.testing import clip_text_config, random_text_encoder
+
+    encoder = random_text_encoder(clip_text_config(hidden_size=32), long=True)
+    assert text_encoder_width(encoder) == text_encoder_width({f"clip_l.{k}": v for k, v in encoder.state_dict().items()}) == 32
+    check_text_encoder_width(encoder, 32, where="text_encoder")  # fits: no error
+    with pytest.raises(CheckpointError, match=r"text_encoder of SDXL: the text encoder is 32 wide but the UNet needs 16"):
+        check_text_encoder_width(encoder.state_dict(), 48 - 32, where="text_encoder of SDXL")

@@ -13,10 +13,14 @@ import html
 import re
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import ftfy
-import torch
-from transformers import CLIPTokenizer
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: counting tokens needs neither
+    import tokenizers
+    import torch
+    from transformers import CLIPTokenizer
 
 CONTEXT_LENGTH = 248
 START_OF_TEXT = 49406
@@ -59,6 +63,8 @@ def bpe_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def load_tokenizer(model_max_length: int = CONTEXT_LENGTH) -> CLIPTokenizer:
     """A new ``CLIPTokenizer`` with CLIP's real vocabulary, built offline from the shipped BPE file."""
+    from transformers import CLIPTokenizer
+
     vocab, merges = bpe_vocabulary()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
@@ -69,10 +75,48 @@ def default_tokenizer() -> CLIPTokenizer:
     return load_tokenizer()
 
 
+@lru_cache(maxsize=1)
+def _counting_backend() -> tokenizers.Tokenizer:
+    """The BPE of :func:`default_tokenizer` on the ``tokenizers`` library alone (no transformers import: the
+    ``longclip tokens`` start-up). Configured as transformers' ``CLIPTokenizer`` configures its backend."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    vocab, merges = bpe_vocabulary()
+    # Adapted from transformers.models.clip.tokenization_clip.CLIPTokenizer.__init__
+    backend = Tokenizer(
+        BPE(
+            vocab=dict(vocab),
+            merges=list(merges),
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
+            unk_token="<|endoftext|>",
+        )
+    )
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                behavior="removed",
+                invert=True,
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    backend.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
+    return backend
+
+
 def token_ids(texts: list[str], tokenizer: CLIPTokenizer | None = None) -> list[list[int]]:
-    """BPE ids of each cleaned text, without start/end tokens."""
-    tokenizer = tokenizer or default_tokenizer()
+    """BPE ids of each cleaned text, without start/end tokens (``tokenizer``'s, else CLIP's plain vocabulary)."""
     cleaned = [clean_text(text) for text in texts]
+    if tokenizer is None:
+        return [encoding.ids for encoding in _counting_backend().encode_batch(cleaned, add_special_tokens=False)]
     return tokenizer(cleaned, add_special_tokens=False)["input_ids"]
 
 
@@ -87,6 +131,8 @@ def tokenize(
     With ``truncate`` a long text is cut and its last id replaced by end-of-text; without it, a text that does not fit
     raises an error naming it.
     """
+    import torch
+
     texts = [texts] if isinstance(texts, str) else list(texts)
     result = torch.full((len(texts), context_length), pad_token_id, dtype=torch.long)
     for row, (text, ids) in enumerate(zip(texts, token_ids(texts))):

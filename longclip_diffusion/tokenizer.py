@@ -117,7 +117,7 @@ def token_ids(texts: list[str], tokenizer: CLIPTokenizer | None = None) -> list[
     cleaned = [clean_text(text) for text in texts]
     if tokenizer is None:
         return [encoding.ids for encoding in _counting_backend().encode_batch(cleaned, add_special_tokens=False)]
-    return tokenizer(cleaned, add_special_tokens=False)["input_ids"]
+    return tokenizer(cleaned, add_special_tokens=False, verbose=False)["input_ids"]  # the length check is ours
 
 
 def tokenize(

@@ -1,51 +1,223 @@
 """The ``longclip`` command line: generate, convert, stretch, tokens (+ train/eval, demo).
 
-Errors exit with status 2 and one line on stderr naming what went wrong.
+Building the parser and ``tokens`` import no torch, transformers or diffusers: each command imports what it uses.
+Every error — a bad argument, a missing file, an unreachable Hub, a failed generation — exits with status 2 and one
+line on stderr naming the argument, what is wrong and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
-DEFAULT_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_LONG_CLIP = "BeichenZhang/LongCLIP-L"
+from .defaults import (
+    CLIP_TOKEN_LIMIT,
+    DEFAULT_BASE,
+    DEFAULT_LONG_CLIP,
+    FAMILIES,
+    LONG_CLIP_TOKEN_LIMIT,
+    SPECIAL_TOKENS_PER_PROMPT,
+    content_tokens,
+)
+
 FORMATS = ("diffusers", "comfy", "openai")
+# The class `longclip_diffusion.pipelines` exports for each family; looked up by name, so a family works as soon as
+# its pipeline lands there.
+PIPELINE_CLASS_NAMES = {
+    "sd15": "LongCLIPStableDiffusionPipeline",
+    "sdxl": "LongCLIPStableDiffusionXLPipeline",
+    "sd3": "LongCLIPStableDiffusion3Pipeline",
+    "flux": "LongCLIPFluxPipeline",
+}
+FAMILY_NAMES = {"sd15": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _device_and_dtype(device: str | None):
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (``None``, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Argument types: refused at parse time, before anything is loaded
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "a whole number ≥ 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _integer(text, 0, "a whole number ≥ 0")
+
+
+def seed(text: str) -> int:
+    value = _integer(text, 0, "a seed between 0 and 2**64 - 1")
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"expected a seed between 0 and 2**64 - 1, got {value}")
+    return value
+
+
+def image_size(text: str) -> int:
+    value = _integer(text, 8, "a size in pixels, a positive multiple of 8")
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a size in pixels, a positive multiple of 8, got {value}")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0 (1 or less turns guidance off), got {text}")
+    return value
+
+
+def token_limit(text: str) -> int:
+    minimum = SPECIAL_TOKENS_PER_PROMPT + 1
+    return _integer(text, minimum, f"a token limit ≥ {minimum} (start and end tokens count)")
+
+
+def stretch_ratio(text: str) -> int:
+    return _integer(text, 2, "a whole number ≥ 2 (each position above --keep becomes RATIO positions)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _check_image_output(output: str) -> tuple[Path, str]:
+    """The output path and the PIL format its extension names; refused before any model is loaded."""
+    from PIL import Image
+
+    path = Path(output).expanduser()
+    extension = path.suffix.lower()
+    Image.init()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        writable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+        common = [ext for ext in (".png", ".jpg", ".webp") if ext in writable]
+        raise CommandError(
+            f"-o/--output {output}: {'no' if not extension else 'unknown'} image extension"
+            f"{'' if not extension else ' ' + repr(extension)}; use one such as {', '.join(common)}."
+        )
+    if path.is_dir():
+        raise CommandError(f"-o/--output {output} is a folder; give an image file name such as {path / 'image.png'}.")
+    return path, image_format
+
+
+def _pick_family(args: argparse.Namespace, base: Path | str | None) -> str:
+    """The family to run: the one the base folder's ``model_index.json`` names, checked against ``--family``."""
+    from .sources import detect_family
+
+    asked = args.family or ("sdxl" if args.sdxl else None)
+    detected = detect_family(base) if isinstance(base, Path) else None
+    if asked and args.sdxl and args.family not in (None, "sdxl"):
+        raise CommandError(f"--sdxl and --family {args.family} disagree; give one of them.")
+    if detected and asked and detected != asked:
+        raise CommandError(
+            f"--base {args.base} is a {FAMILY_NAMES[detected]} model (model_index.json), but "
+            f"{'--sdxl' if args.sdxl else '--family ' + asked} asks for {FAMILY_NAMES[asked]}; "
+            f"use --family {detected} (or leave it out)."
+        )
+    return asked or detected or "sd15"
+
+
+def _pipeline_class(family: str):
+    from transformers.utils import logging as transformers_logging
+
+    # Import-time notices ("`CLIPImageProcessor` requires torchvision (not installed)…") are nothing a user acts on.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from . import pipelines
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    pipeline_class = getattr(pipelines, PIPELINE_CLASS_NAMES[family], None)
+    if pipeline_class is None:
+        supported = [name for name, class_name in PIPELINE_CLASS_NAMES.items() if hasattr(pipelines, class_name)]
+        raise CommandError(
+            f"--family {family}: {FAMILY_NAMES[family]} is not supported yet by this version; "
+            f"supported: {', '.join(supported)}."
+        )
+    return pipeline_class
+
+
+def _check_device(device: str | None) -> tuple[str, object]:
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, torch.float16 if device.startswith("cuda") else torch.float32
+    from .defaults import pick_device_and_dtype
+
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError):
+            raise CommandError(f"--device {device}: not a torch device; use cpu, cuda, cuda:1 or mps.") from None
+        available = {
+            "cuda": torch.cuda.is_available(),
+            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        }
+        if not available.get(kind, True):
+            raise CommandError(f"--device {device}: no {kind} device is available here; use --device cpu.")
+    return pick_device_and_dtype(device)
 
 
 def generate(args: argparse.Namespace) -> None:
-    """Text to image with a Long-CLIP pipeline (SD 1.x, or SDXL with ``--sdxl``)."""
+    """Text to image with a Long-CLIP pipeline (SD 1.x/2.x, SDXL; the family is read from a local base folder)."""
+    from .sources import resolve_source
+
+    output, image_format = _check_image_output(args.output)
+    base = resolve_source(args.base, "--base") if args.base else None
+    family = _pick_family(args, base)
+    base = base or resolve_source(DEFAULT_BASE[family], "--base (default)")
+    long_clip = args.long_clip
+    if long_clip not in ("stretch", "none"):
+        long_clip = str(resolve_source(long_clip, "--long-clip"))
+    pipeline_class = _pipeline_class(family)
+    device, dtype = _check_device(args.device)
+
+    import numpy as np
     import torch
 
-    from .pipelines import LongCLIPStableDiffusionPipeline
+    from .files import atomic_file
 
-    device, dtype = _device_and_dtype(args.device)
-    if args.sdxl:
-        from .pipelines import LongCLIPStableDiffusionXLPipeline as pipeline_class
-
-        base = args.base or DEFAULT_SDXL
-    else:
-        pipeline_class, base = LongCLIPStableDiffusionPipeline, args.base or DEFAULT_SD15
-    long_clip = None if args.long_clip == "none" else args.long_clip
-    pipeline = pipeline_class.from_pretrained(base, long_clip=long_clip, dtype=dtype)
+    pipeline = pipeline_class.from_pretrained(
+        str(base), long_clip=None if long_clip == "none" else long_clip, dtype=dtype
+    )
     if hasattr(pipeline, "safety_checker") and args.no_safety_checker:
         pipeline.safety_checker = None
     pipeline = pipeline.to(device)
-
-    image = pipeline(
+    pixels = pipeline(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
@@ -53,48 +225,78 @@ def generate(args: argparse.Namespace) -> None:
         height=args.height,
         width=args.width,
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
-    ).images[0]
-    output = Path(args.output)
+        output_type="np",
+    ).images
+    if not np.isfinite(pixels).all():
+        raise CommandError(
+            "the generated image contains NaN/Inf values (numerical overflow, e.g. an extreme prompt weight or "
+            "float16 on this device); nothing was saved. Try other weights, or --device cpu (float32)."
+        )
+    image = pipeline.numpy_to_pil(pixels)[0]
     output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(output)
-    print(f"Saved {output} ({image.width}×{image.height}, seed {args.seed}).")
+    with atomic_file(output) as partial:
+        image.save(partial, format=image_format)
+    print(f"Saved {output} ({image.width}×{image.height}, {FAMILY_NAMES[family]}, seed {args.seed}).")
+
+
+def _check_destination(args: argparse.Namespace) -> None:
+    from .files import check_destination
+
+    check_destination(args.destination, args.overwrite, what="destination")
 
 
 def convert(args: argparse.Namespace) -> None:
     """Convert a Long-CLIP checkpoint between formats."""
+    from .sources import resolve_source
+
+    source = resolve_source(args.source, "source")
+    _check_destination(args)
     from .checkpoints import convert as convert_checkpoint
 
-    destination = convert_checkpoint(args.source, args.destination, to=args.to)
+    destination = convert_checkpoint(source, args.destination, to=args.to, **_overwrite(convert_checkpoint, args))
     print(f"Wrote {destination}.")
+
+
+def _overwrite(writer, args: argparse.Namespace) -> dict[str, bool]:
+    """``overwrite=`` for library writers that take it (the CLI has already refused an existing destination)."""
+    import inspect
+
+    return {"overwrite": args.overwrite} if "overwrite" in inspect.signature(writer).parameters else {}
 
 
 def stretch(args: argparse.Namespace) -> None:
     """Stretch any CLIP text encoder with KPS (training-free) and save it."""
+    from .sources import resolve_source
+
+    source = resolve_source(args.source, "source")
+    to = args.to or ("comfy" if args.destination.lower().endswith(".safetensors") else "diffusers")
+    _check_destination(args)
     from .checkpoints import load_text_encoder, save_comfy_file, save_diffusers
     from .positions import stretch_text_encoder
 
-    text_encoder = load_text_encoder(args.source, with_projection=args.with_projection, subfolder=args.subfolder)
+    text_encoder = load_text_encoder(source, with_projection=args.with_projection, subfolder=args.subfolder)
     before = text_encoder.config.max_position_embeddings
     stretch_text_encoder(text_encoder, keep=args.keep, ratio=args.ratio)
-    to = args.to or ("comfy" if args.destination.endswith(".safetensors") else "diffusers")
-    if to == "comfy":
-        save_comfy_file(text_encoder, args.destination)
-    elif to == "diffusers":
-        save_diffusers(text_encoder, args.destination)
-    else:
-        raise CommandError(f"`stretch` writes diffusers or comfy files, not {to!r}.")
+    writer = save_comfy_file if to == "comfy" else save_diffusers
+    writer(text_encoder, args.destination, **_overwrite(writer, args))
     after = text_encoder.config.max_position_embeddings
     print(f"Stretched {before} → {after} positions (keep {args.keep}, ratio {args.ratio}); wrote {args.destination}.")
 
 
 def tokens(args: argparse.Namespace) -> None:
-    """Count a prompt's tokens and show what a 77-token CLIP would drop."""
-    from .prompts import count_tokens
-
+    """Count a prompt's tokens and show what a 77-token CLIP (and Long-CLIP) would drop."""
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
+    if not prompt.strip():
+        source = "standard input is" if args.prompt == "-" else "the prompt is"
+        raise CommandError(f"{source} empty; give some text (or - to read it from standard input).")
+    from .prompt_syntax import count_tokens
+
     count = count_tokens(prompt, limit=args.limit)
-    long_count = count_tokens(prompt, limit=248)
-    print(f"{count.num_tokens} tokens (a {args.limit}-token CLIP reads {args.limit - 2}, Long-CLIP reads 246).")
+    long_count = count_tokens(prompt, limit=LONG_CLIP_TOKEN_LIMIT)
+    print(
+        f"{count.num_tokens} tokens (a {args.limit}-token CLIP reads {content_tokens(args.limit)}, "
+        f"Long-CLIP reads {content_tokens(LONG_CLIP_TOKEN_LIMIT)})."
+    )
     if count.fits:
         print(f"Everything fits in {args.limit} tokens.")
     else:
@@ -103,50 +305,82 @@ def tokens(args: argparse.Namespace) -> None:
         print(f"Long-CLIP drops: {long_count.dropped_text}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longclip", description="Long-CLIP for Stable Diffusion and SDXL.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# --------------------------------------------------------------------------------------------------------------------
+# Parser
 
-    command = commands.add_parser("generate", help="text to image with a Long-CLIP pipeline", description=generate.__doc__)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="longclip", description="Long-CLIP for Stable Diffusion and SDXL.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    defaults = _HelpFormatter
+
+    command = commands.add_parser(
+        "generate", help="text to image with a Long-CLIP pipeline", description=generate.__doc__, formatter_class=defaults
+    )
     command.add_argument("prompt", help="the prompt (up to 248 tokens; A1111 weighting syntax)")
-    command.add_argument("-n", "--negative-prompt", default=None)
-    command.add_argument("-o", "--output", default="longclip.png", help="image file to write (default: %(default)s)")
-    command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--steps", type=int, default=30)
-    command.add_argument("--guidance-scale", type=float, default=7.5)
-    command.add_argument("--height", type=int, default=None, help="default: the model's native size")
-    command.add_argument("--width", type=int, default=None)
-    command.add_argument("--sdxl", action="store_true", help="use SDXL (default base: %s)" % DEFAULT_SDXL)
-    command.add_argument("--base", default=None, help=f"diffusers folder or Hub id (default: {DEFAULT_SD15})")
+    command.add_argument("-n", "--negative-prompt", help="what the image should not show")
+    command.add_argument("-o", "--output", default="longclip.png", help="image file to write (.png, .jpg, .webp, …)")
+    command.add_argument("--seed", type=seed, default=0, help="random seed; the same seed gives the same image")
+    command.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
+    command.add_argument("--guidance-scale", type=guidance_scale, default=7.5, help="classifier-free guidance")
+    command.add_argument(
+        "--height", type=image_size,
+        help="image height, a multiple of 8 (default: the model's native size, e.g. 512 for SD 1.5, 1024 for SDXL; "
+        "given alone, the width stays native)",
+    )
+    command.add_argument(
+        "--width", type=image_size,
+        help="image width, a multiple of 8 (default: native; given alone, the height stays native)",
+    )
+    command.add_argument(
+        "--family", choices=FAMILIES,
+        help="model family (default: read from a local --base folder's model_index.json, else sd15)",
+    )
+    command.add_argument("--sdxl", action="store_true", help="same as --family sdxl")
+    command.add_argument(
+        "--base",
+        help="diffusers folder or Hub id (default: " + ", ".join(f"{f}: {DEFAULT_BASE[f]}" for f in ("sd15", "sdxl")) + ")",
+    )
     command.add_argument(
         "--long-clip",
         default=DEFAULT_LONG_CLIP,
         help="Long-CLIP checkpoint (file, folder or Hub id), 'stretch' (KPS of the base's encoder) or 'none' "
-        "(the base folder already holds a long encoder); default: %(default)s",
+        "(the base folder already holds a long encoder)",
     )
-    command.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    command.add_argument("--no-safety-checker", action="store_true")
+    command.add_argument(
+        "--device", help="torch device (default: cuda, else mps, else cpu; float16 on "
+        "cuda/mps, float32 on cpu)"
+    )
+    command.add_argument("--no-safety-checker", action="store_true", help="SD 1.x: turn off the safety checker")
     command.set_defaults(handler=generate)
 
     command = commands.add_parser("convert", help="convert a checkpoint between formats", description=convert.__doc__)
     command.add_argument("source", help="Long-CLIP .pt/.safetensors, transformers folder, ComfyUI file or Hub id")
     command.add_argument("destination", help=".safetensors → ComfyUI file, .pt → reference format, else a folder")
-    command.add_argument("--to", choices=FORMATS, default=None, help="override the format chosen from destination")
+    command.add_argument("--to", choices=FORMATS, help="override the format chosen from the destination's name")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     command.set_defaults(handler=convert)
 
-    command = commands.add_parser("stretch", help="KPS-stretch any CLIP text encoder", description=stretch.__doc__)
+    command = commands.add_parser(
+        "stretch", help="KPS-stretch any CLIP text encoder", description=stretch.__doc__, formatter_class=defaults
+    )
     command.add_argument("source", help="CLIP text encoder: file, folder (e.g. an SD/SDXL base) or Hub id")
     command.add_argument("destination", help=".safetensors → ComfyUI file, else a diffusers folder")
-    command.add_argument("--subfolder", default=None, help="e.g. text_encoder_2 for SDXL's bigG")
+    command.add_argument("--subfolder", help="e.g. text_encoder_2 for SDXL's bigG")
     command.add_argument("--with-projection", action="store_true", help="keep the text projection (bigG, retrieval)")
-    command.add_argument("--keep", type=int, default=20)
-    command.add_argument("--ratio", type=int, default=4)
-    command.add_argument("--to", choices=("diffusers", "comfy"), default=None)
+    command.add_argument("--keep", type=non_negative_int, default=20, help="positions kept as they are")
+    command.add_argument("--ratio", type=stretch_ratio, default=4, help="each later position becomes RATIO positions")
+    command.add_argument(
+        "--to", choices=("diffusers", "comfy"), help="override the format chosen from the destination's name"
+    )
+    command.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     command.set_defaults(handler=stretch)
 
-    command = commands.add_parser("tokens", help="count a prompt's tokens", description=tokens.__doc__)
+    command = commands.add_parser(
+        "tokens", help="count a prompt's tokens", description=tokens.__doc__, formatter_class=defaults
+    )
     command.add_argument("prompt", help="the prompt, or - to read standard input")
-    command.add_argument("--limit", type=int, default=77, help="the short encoder's length (default: %(default)s)")
+    command.add_argument("--limit", type=token_limit, default=CLIP_TOKEN_LIMIT, help="the short encoder's length")
     command.set_defaults(handler=tokens)
 
     _add_area_commands(commands)
@@ -154,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_area_commands(commands: argparse._SubParsersAction) -> None:
-    """Sub-commands owned by other areas (training, demo), registered only when their modules import."""
+    """Sub-commands owned by other areas (training, demo); their registration imports nothing heavy."""
     from .training.cli import add_commands as add_training_commands
 
     add_training_commands(commands)
@@ -171,18 +405,49 @@ def _add_area_commands(commands: argparse._SubParsersAction) -> None:
         add_demo_commands(commands)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoints import CheckpointError
+# --------------------------------------------------------------------------------------------------------------------
+# Errors: recognised by type without importing model code
 
+
+def _raised_by_us(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one line to show for an error the user can fix, or ``None`` for a bug (which keeps its traceback).
+
+    User errors: ``CommandError``, the project's own error types (``CheckpointError``, ``HubUnavailableError``,
+    ``DestinationExistsError`` …), ``ValueError``/``OSError`` (missing files, permissions, a full disk), a
+    ``TypeError`` raised by project code, and the Hub client's errors (``huggingface_hub.errors``, httpx).
+    """
+    module = type(error).__module__
+    ours = module.split(".")[0] == __package__.split(".")[0]
+    hub = module.startswith(("huggingface_hub", "httpx", "requests"))
+    if not (
+        isinstance(error, (CommandError, ValueError, OSError))
+        or ours
+        or hub
+        or (isinstance(error, TypeError) and _raised_by_us(error))
+    ):
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or a usage error already printed as one line (2)
+        return exit_request.code if isinstance(exit_request.code, int) else 2
     try:
         args.handler(args)
-    except (CommandError, CheckpointError, FileNotFoundError) as error:
-        print(f"longclip {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"longclip {args.command}: error: {first_line}", file=sys.stderr)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"longclip {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

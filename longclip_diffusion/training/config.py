@@ -1,21 +1,37 @@
-"""Training configuration: one dataclass, loadable from YAML or TOML and overridable by command-line flags."""
+"""Training configuration: one dataclass, loadable from YAML or TOML and overridable by command-line flags.
+
+Every value is checked when the config is built (type, range, allowed choices); a bad one raises
+:class:`ConfigError` naming the option. :func:`load_config` renames it the way the user wrote it: ``--data-format``
+for a flag, ``data_format (in run.yaml)`` for a key of the config file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 STRETCH_METHODS = ("kps", "interpolate", "none")
 PCM_MODES = ("local", "global", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_FORMATS = ("auto", "sharegpt4v", "jsonl", "json", "csv", "tar")
 EXPORT_FORMATS = ("openai", "diffusers", "transformers", "comfy")
+
+
+class ConfigError(ValueError):
+    """A bad option value; ``key`` is the option's field name, ``problem`` what is wrong with it."""
+
+    def __init__(self, key: str, problem: str, where: str | None = None) -> None:
+        super().__init__(f"{where or key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def flag_name(key: str) -> str:
+    """The command-line spelling of an option: ``data_format`` → ``--data-format``."""
+    return "--" + key.replace("_", "-")
 
 
 @dataclass
@@ -34,6 +50,7 @@ class TrainConfig:
     image_root: str = ""
     skip_first: int = 0
     num_workers: int = 4
+    max_bad_fraction: float = 0.01
     # loss
     short_loss: bool = True
     pcm: str = "local"
@@ -60,26 +77,90 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for option in dataclasses.fields(self):
+            setattr(self, option.name, _checked_type(option.name, getattr(self, option.name), hints[option.name]))
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         if isinstance(self.export, str):
-            self.export = [part for part in self.export.split(",") if part]
-        checks = (
-            ("stretch", self.stretch, STRETCH_METHODS),
-            ("pcm", self.pcm, PCM_MODES),
-            ("precision", self.precision, PRECISIONS),
-            ("data_format", self.data_format, DATA_FORMATS),
-        )
-        for name, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"config: {name}={value!r} is not one of {', '.join(allowed)}")
+            self.export = [part.strip() for part in self.export.split(",") if part.strip()]
+        for name, allowed in (
+            ("stretch", STRETCH_METHODS),
+            ("pcm", PCM_MODES),
+            ("precision", PRECISIONS),
+            ("data_format", DATA_FORMATS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for value in self.export:
             if value not in EXPORT_FORMATS:
-                raise ValueError(f"config: export format {value!r} is not one of {', '.join(EXPORT_FORMATS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"config: batch_size must be at least 1, got {self.batch_size}")
-        if self.pcm_components < 1:
-            raise ValueError(f"config: pcm_components must be at least 1, got {self.pcm_components}")
+                raise ConfigError("export", f"{value!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        for name, low in (
+            ("batch_size", 1), ("pcm_components", 1), ("epochs", 1), ("ratio", 1), ("log_every", 1), ("keep", 0),
+            ("max_steps", 0), ("warmup_steps", 0), ("save_every", 0), ("num_workers", 0), ("skip_first", 0),
+        ):
+            if getattr(self, name) < low:
+                raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("lr", f"must be a positive number, got {self.lr}")
+        for name, below_one, up_to_one in (
+            ("label_smoothing", True, False), ("beta1", True, False), ("beta2", True, False),
+            ("max_bad_fraction", False, True), ("weight_decay", False, False),
+        ):
+            value = getattr(self, name)
+            if not (value >= 0.0 and (value < 1.0 or not below_one) and (value <= 1.0 or not up_to_one)):
+                bounds = "in [0, 1)" if below_one else ("from 0 to 1" if up_to_one else "0 or more")
+                raise ConfigError(name, f"must be {bounds}, got {value}")
+        if self.logit_scale_init is not None and not math.isfinite(self.logit_scale_init):
+            raise ConfigError("logit_scale_init", f"must be a finite number, got {self.logit_scale_init}")
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir", "is empty; give the folder the run writes to")
+
+    def check_inputs(self) -> None:
+        """What a training run needs before anything is loaded: a base model and data files that exist."""
+        if not self.base_model:
+            raise ConfigError("base_model", "not given; set it to an OpenAI/Long-CLIP file or a transformers CLIP folder")
+        if not self.train_data:
+            raise ConfigError("train_data", "not given; set it to JSON/JSONL/CSV files or .tar shards")
+        for path in self.train_data:
+            if not Path(path).exists():
+                raise ConfigError("train_data", f"data file {path} does not exist")
+        if self.resume not in ("", "auto") and not Path(self.resume).is_file():
+            raise ConfigError("resume", f"checkpoint {self.resume} does not exist; use 'auto' to resume only when one exists")
+
+
+def _checked_type(name: str, value: Any, kind: Any) -> Any:
+    """``value`` if it fits the field's type (a string holding a number is read as one for float fields)."""
+    options = [t for t in typing.get_args(kind) if t is not type(None)] if typing.get_origin(kind) is not list else []
+    optional = len(options) == 1 and type(None) in typing.get_args(kind)
+    base = options[0] if optional else kind
+    if optional and value is None:
+        return None
+    if base is bool:
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "a whole number"
+    elif base is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        expected = "a number"
+    elif base is str:
+        ok = isinstance(value, str)
+        expected = "a string"
+    else:  # list[str]
+        ok = isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+        value = list(value) if ok and not isinstance(value, str) else value
+        expected = "a string or a list of strings"
+    if not ok:
+        raise ConfigError(name, f"expected {expected}, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def config_fields() -> list[dataclasses.Field]:
@@ -89,20 +170,25 @@ def config_fields() -> list[dataclasses.Field]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a flat mapping of config values from a ``.yaml``/``.yml`` or ``.toml`` file."""
+    import tomllib
+
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        values = yaml.safe_load(text) or {}
-    elif path.suffix == ".toml":
-        values = tomllib.loads(text)
-    else:
+    if path.suffix not in (".yaml", ".yml", ".toml"):
         raise ValueError(f"config file {path}: unknown extension {path.suffix!r}; use .yaml, .yml or .toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = (yaml.safe_load(text) or {}) if path.suffix != ".toml" else tomllib.loads(text)
+    except (UnicodeDecodeError, yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"config file {path} cannot be parsed: {detail}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path}: expected a mapping of option names to values at the top level")
     known = {f.name for f in config_fields()}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(str(key) for key in set(values) - known)
     if unknown:
         raise ValueError(
             f"config file {path}: unknown option(s) {', '.join(unknown)}; known options are {', '.join(sorted(known))}"
@@ -110,13 +196,29 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Build a :class:`TrainConfig` from an optional file, then apply ``overrides`` (``None`` values are ignored)."""
-    values: dict[str, Any] = read_config_file(path) if path else {}
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return TrainConfig(**values)
+def load_config(path: str | Path | None = None, check_inputs: bool = False, **flags: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from an optional file, then apply the command-line ``flags`` (``None`` = not given).
+
+    An error names the option as the user wrote it: ``--lr`` for a flag, ``lr (in run.yaml)`` for a file key.
+    ``check_inputs`` also checks that the base model and data are given and the data files exist.
+    """
+    from_file: dict[str, Any] = read_config_file(path) if path else {}
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        config = TrainConfig(**{**from_file, **given})
+        if check_inputs:
+            config.check_inputs()
+    except ConfigError as error:
+        where = f"{error.key} (in {path})" if error.key in from_file and error.key not in given else flag_name(error.key)
+        raise ConfigError(error.key, error.problem, where) from None
+    return config
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (used to record what a run was started with)."""
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")
+    import yaml
+
+    from ..files import atomic_file
+
+    with atomic_file(path) as temporary:
+        temporary.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), encoding="utf-8")

@@ -92,6 +92,14 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(tensor)
 
 
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over ranks (for counts); ``value`` itself for a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a detached tensor over ranks (for logging)."""
     value = value.detach().clone()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 from transformers import CLIPModel
 
 from .. import tokenizer
@@ -14,6 +17,8 @@ from .data import CaptionCollator
 from .model import context_length, trim_padding
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+logger = logging.getLogger(__name__)
 
 
 def recall_at_k(image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -34,17 +39,28 @@ def recall_at_k(image_features: torch.Tensor, text_features: torch.Tensor, ks: S
 
 @torch.no_grad()
 def encode_images_and_texts(
-    model: CLIPModel, dataset: Dataset, batch_size: int = 64, num_workers: int = 0
+    model: CLIPModel, dataset: Dataset, batch_size: int = 64, num_workers: int = 0, progress: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised image, long-caption and short-caption features; captions are cut to the model's context length."""
+    """Normalised image, long-caption and short-caption features; captions are cut to the model's context length
+    (counted and logged). An unreadable image raises ``ValueError`` naming it: a replaced sample would skew the metrics.
+
+    ``progress``: a progress bar on stderr (``None``: only when stderr is a terminal).
+    """
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=CaptionCollator(context_length(model)))
+    length = context_length(model)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=CaptionCollator(length))
     images, longs, shorts = [], [], []
-    for batch in loader:
+    long_cut = 0
+    for batch in tqdm(loader, desc="eval", unit="batch", disable=None if progress is None else not progress, leave=False):
+        if batch["problems"]:
+            raise ValueError(f"{batch['problems'][0]}; fix or remove it from the evaluation data")
+        long_cut += batch["long_cut"]
         images.append(_features(model.get_image_features(pixel_values=batch["pixel_values"].to(device))))
         longs.append(_features(model.get_text_features(input_ids=trim_padding(batch["long_ids"]).to(device))))
         shorts.append(_features(model.get_text_features(input_ids=trim_padding(batch["short_ids"]).to(device))))
+    if long_cut:
+        logger.info("%d of %d long captions were longer than the model's %d tokens and were cut", long_cut, len(dataset), length)
     return torch.cat(images), torch.cat(longs), torch.cat(shorts)
 
 

@@ -1,15 +1,18 @@
-"""Write a trained model in every format the rest of the project (and the reference loader) reads."""
+"""Write a trained model in every format the rest of the project (and the reference loader) reads.
+
+The export folder is the run's: each format's path in it is replaced whole by a new export, but only when an earlier
+export wrote it (listed in ``export-manifest.json``); anything else found there is left alone and the export refused.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 from transformers import CLIPModel
 
 from .. import checkpoints
+from ..files import DestinationExistsError, atomic_file, atomic_folder
 from .model import merged_model, text_encoder_from_clip
 
 EXPORT_PATHS = {
@@ -18,6 +21,33 @@ EXPORT_PATHS = {
     "transformers": "transformers",
     "comfy": "longclip-text.safetensors",
 }
+MANIFEST_NAME = "export-manifest.json"
+
+
+def _exported_before(directory: Path) -> set[str]:
+    """The paths (relative to ``directory``) an earlier export wrote there."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return {str(path) for path in manifest["paths"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def check_export_destination(directory: str | Path, formats: list[str] | tuple[str, ...]) -> None:
+    """Refuse (``DestinationExistsError``) when a path the export would replace exists and no earlier export wrote it."""
+    directory = Path(directory)
+    unknown = [name for name in formats if name not in EXPORT_PATHS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_PATHS)}")
+    if directory.exists() and not directory.is_dir():
+        raise DestinationExistsError(f"export folder {directory} is a file; move it away or choose another --output-dir")
+    ours = _exported_before(directory)
+    for name in formats:
+        target = directory / EXPORT_PATHS[name]
+        if (target.exists() or target.is_symlink()) and EXPORT_PATHS[name] not in ours:
+            raise DestinationExistsError(
+                f"{target} exists and was not written by a longclip export; move it away or choose another --output-dir"
+            )
 
 
 def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | tuple[str, ...] = tuple(EXPORT_PATHS)) -> dict[str, Path]:
@@ -25,36 +55,39 @@ def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | t
 
     ``openai``: the reference layout (``longclip.load`` and ``checkpoints.load_clip_model`` read it, both towers);
     ``diffusers``: ``text_encoder/`` + ``tokenizer/`` for Stable Diffusion pipelines; ``transformers``: a full
-    ``CLIPModel`` folder; ``comfy``: one text-encoder safetensors for ComfyUI's ``CLIPLoader``.
+    ``CLIPModel`` folder; ``comfy``: one text-encoder safetensors for ComfyUI's ``CLIPLoader``. Every file is written
+    atomically with the umask's modes; see the module docstring for what may be replaced.
     """
     directory = Path(directory)
-    unknown = [name for name in formats if name not in EXPORT_PATHS]
-    if unknown:
-        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_PATHS)}")
+    check_export_destination(directory, formats)
     plain = merged_model(model).eval()
     written: dict[str, Path] = {}
     for name in formats:
         target = directory / EXPORT_PATHS[name]
-        if name == "openai":
-            written[name] = checkpoints.save_openai_file(plain, target)
-        elif name == "diffusers":
-            written[name] = checkpoints.save_diffusers(text_encoder_from_clip(plain), target)
-        elif name == "transformers":
-            written[name] = _save_pretrained_atomic(plain, target)
+        if name in ("openai", "comfy"):
+            with atomic_file(target) as temporary:
+                if name == "openai":
+                    checkpoints.save_openai_file(plain, temporary)
+                else:
+                    checkpoints.save_comfy_file(text_encoder_from_clip(plain), temporary)
         else:
-            written[name] = checkpoints.save_comfy_file(text_encoder_from_clip(plain), target)
+            with atomic_folder(target) as staging:
+                if name == "diffusers":
+                    checkpoints.save_diffusers(text_encoder_from_clip(plain), staging)
+                else:
+                    plain.save_pretrained(str(staging))
+        written[name] = target
+        _record_export(directory, name)
     return written
 
 
-def _save_pretrained_atomic(model: CLIPModel, target: Path) -> Path:
-    """``save_pretrained`` into a temporary folder beside ``target``, then swap it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+def _record_export(directory: Path, name: str) -> None:
+    manifest_path = directory / MANIFEST_NAME
     try:
-        model.save_pretrained(str(staging))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        paths = dict(manifest["paths"])
+    except (OSError, ValueError, KeyError, TypeError):
+        paths = {}
+    paths[name] = EXPORT_PATHS[name]
+    with atomic_file(manifest_path) as temporary:
+        temporary.write_text(json.dumps({"paths": paths}, indent=2) + "\n", encoding="utf-8")

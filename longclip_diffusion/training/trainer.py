@@ -1,9 +1,17 @@
-"""The training loop: DDP over torchrun/accelerate, mixed precision, checkpoints with exact resume, logging."""
+"""The training loop: DDP over torchrun/accelerate, mixed precision, checkpoints with exact resume, logging.
+
+Checkpoints: ``checkpoint-latest.pt`` is written atomically and read back before it replaces the previous one, which
+is kept as ``checkpoint-previous.pt``; ``resume: auto`` falls back to it (with a warning) when the latest cannot be
+read. Data problems met while training (unreadable images, captions cut to the context) are counted, logged and
+summarised at the end; more unusable samples than ``max_bad_fraction`` stop the run.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import pickle
 import random
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -17,14 +25,20 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from transformers import CLIPModel
 
+from ..checkpoints import CheckpointError
+from ..files import atomic_file
 from .config import TrainConfig
-from .data import CaptionCollator, ResumableSampler
-from .distributed import DistributedContext, all_reduce_mean, current_context
+from .data import LOGGED_PROBLEMS, CaptionCollator, ResumableSampler
+from .distributed import DistributedContext, all_reduce_mean, all_reduce_sum, current_context
 from .logging_utils import MetricLogger
 from .losses import LossOutput, longclip_loss
 from .model import LongCLIPFeatures, context_length, prepare_for_training
 
 CHECKPOINT_NAME = "checkpoint-latest.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint-previous.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "world_size", "rng")
+
+logger = logging.getLogger(__name__)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -59,6 +73,58 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def previous_checkpoint_path(path: str | Path) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``checkpoint-latest.pt`` → ``checkpoint-previous.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem.removesuffix('-latest')}-previous{path.suffix}")
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The training state in ``path`` (loaded with ``weights_only=True``), checked to be a whole checkpoint of ours.
+
+    Raises :class:`~longclip_diffusion.checkpoints.CheckpointError` naming the file and what is wrong: missing, empty,
+    truncated or not a torch file, holding code, another kind of file (e.g. a CLIP state dict), or keys missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted write?); resume from another one")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CheckpointError(f"checkpoint {path} cannot be unpickled ({_first_line(error)}); is it damaged?") from None
+        raise CheckpointError(
+            f"refused to unpickle code in {path}: a training checkpoint holds only tensors and plain values; "
+            "resume from a checkpoint written by longclip train"
+        ) from None
+    except Exception as error:  # torch.load raises RuntimeError, EOFError, KeyError… for damaged files
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a torch file ({type(error).__name__}: {_first_line(error)}); "
+            "resume from another one"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a longclip training checkpoint")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if len(missing) == len(CHECKPOINT_KEYS):
+        found = ", ".join(sorted(map(str, state))[:4]) or "nothing"
+        raise CheckpointError(
+            f"{path} is not a longclip training checkpoint (found keys like {found}); --resume takes the "
+            f"{CHECKPOINT_NAME} a run writes, a model to start from goes in --base-model"
+        )
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged or from another program")
+    if not (isinstance(state["step"], int) and isinstance(state["world_size"], int) and isinstance(state["rng"], list)):
+        raise CheckpointError(f"checkpoint {path} has a damaged step, world_size or rng entry")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "no details"
 
 
 class Trainer:
@@ -110,6 +176,10 @@ class Trainer:
         self.step = 0
         self.output_dir = Path(config.output_dir)
         self.logger = MetricLogger(self.output_dir, enabled=self.context.is_main)
+        # data problems met while training, summed over ranks: images replaced, long/short captions cut
+        self.data_counts = {"images_replaced": 0, "long_captions_cut": 0, "short_captions_cut": 0}
+        self._replaced_this_epoch = 0
+        self._latest_is_ours = False  # only a checkpoint this run wrote or resumed from may become the previous one
 
     # ------------------------------------------------------------------------------------------------ one step
     def _autocast(self):
@@ -118,9 +188,9 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+    def compute_loss(self, batch: dict) -> LossOutput:
         """Forward pass and loss for this rank's part of a batch (no backward)."""
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        batch = {key: batch[key].to(self.device, non_blocking=True) for key in ("pixel_values", "long_ids", "short_ids")}
         short_ids = batch["short_ids"] if self.config.short_loss else None
         with self._autocast():
             image, text_long, text_short, logit_scale = self.features(batch["pixel_values"], batch["long_ids"], short_ids)
@@ -134,7 +204,7 @@ class Trainer:
                 label_smoothing=self.config.label_smoothing,
             )
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+    def train_step(self, batch: dict) -> LossOutput:
         """One optimizer step on ``batch``; returns the (detached) losses."""
         loss = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,57 +227,96 @@ class Trainer:
             "batch_in_epoch": self.step % self.sampler.batches_per_epoch,
             "world_size": self.context.world_size,
             "config": asdict(self.config),
+            "data_counts": dict(self.data_counts),
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write the full training state atomically (rank 0 writes; every rank contributes its RNG state)."""
+        """Write the full training state (rank 0 writes; every rank contributes its RNG state).
+
+        The new file is written under a temporary name and read back; only then does the current one (if this run
+        wrote it or resumed from it) become ``checkpoint-previous.pt`` and the new one take its place.
+        """
         path = Path(path) if path else self.output_dir / CHECKPOINT_NAME
         rng = [_rng_state()]
         if self.context.enabled:
             rng = [None] * self.context.world_size
             dist.all_gather_object(rng, _rng_state())
         if self.context.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.partial")
-            torch.save({**self.state_dict(), "rng": rng}, temporary)
-            os.replace(temporary, path)
+            with atomic_file(path) as temporary:
+                torch.save({**self.state_dict(), "rng": rng}, temporary)
+                read_checkpoint(temporary, mmap=True)
+                if self._latest_is_ours and path.is_file():
+                    os.replace(path, previous_checkpoint_path(path))
+            self._latest_is_ours = True
         if self.context.enabled:
             dist.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimizer, scheduler, scaler, step, RNG and data position from ``path``."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; pass resume=auto to resume only when one exists")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        self._restore(read_checkpoint(path), Path(path))
+
+    def _restore(self, state: dict, path: Path) -> None:
         if state["world_size"] != self.context.world_size:
             raise ValueError(
                 f"checkpoint {path} was written by {state['world_size']} processes, this run has "
                 f"{self.context.world_size}; resume with the same number so the data order stays exact"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"][self.context.rank])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({_first_line(error)}); resume with the --base-model, "
+                "--stretch, --keep and --ratio it was written with"
+            ) from None
         self.step = state["step"]
-        _set_rng_state(state["rng"][self.context.rank])
+        self.data_counts.update(state.get("data_counts", {}))
+        self._latest_is_ours = path == self.output_dir / CHECKPOINT_NAME
 
-    def _resume_path(self) -> Path | None:
+    def resume(self) -> None:
+        """Apply ``config.resume``: a checkpoint file, or ``auto`` (the latest in ``output_dir``, else the previous one,
+        else start at step 0). Logs which step it resumed from and from which file."""
         if not self.config.resume:
-            return None
-        if self.config.resume == "auto":
-            latest = self.output_dir / CHECKPOINT_NAME
-            return latest if latest.is_file() else None
-        return Path(self.config.resume)
+            return
+        if self.config.resume != "auto":
+            path = Path(self.config.resume)
+            self._restore(read_checkpoint(path), path)
+        else:
+            candidates = [path for path in (self.output_dir / CHECKPOINT_NAME, previous_checkpoint_path(self.output_dir / CHECKPOINT_NAME)) if path.exists()]
+            if not candidates:
+                self._say(f"resume auto: no checkpoint in {self.output_dir}, starting at step 0")
+                return
+            failures = []
+            for path in candidates:
+                try:
+                    state = read_checkpoint(path)
+                except CheckpointError as error:
+                    failures.append(str(error))
+                    continue
+                if failures:
+                    self._say(f"{failures[-1]}; falling back to {path} (step {state['step']})", logging.WARNING)
+                break
+            else:
+                raise CheckpointError(
+                    f"resume auto: no usable checkpoint in {self.output_dir}: {' / '.join(failures)}. Remove them to "
+                    "start afresh, or pass --resume with a good checkpoint"
+                )
+            self._restore(state, path)
+        self._say(f"resumed from step {self.step} ({path})")
+
+    def _say(self, message: str, level: int = logging.INFO) -> None:
+        if self.context.is_main:
+            logger.log(level, message)
 
     # ------------------------------------------------------------------------------------------------ loop
     def train(self, stop_at: int | None = None) -> CLIPModel:
         """Run (or resume) training to ``total_steps`` — or only to ``stop_at`` (a pre-emptible job's slice; the
         schedule still spans ``total_steps``). Saves a checkpoint at the end; returns the model (rows still split)."""
-        resume = self._resume_path()
-        if resume is not None:
-            self.load_checkpoint(resume)
+        self.resume()
         batches = self.sampler.batches_per_epoch
         progress = tqdm(
             total=self.total_steps, initial=self.step, disable=not (self.context.is_main and self.config.progress),
@@ -216,7 +325,9 @@ class Trainer:
         end = min(self.total_steps, stop_at or self.total_steps)
         while self.step < end:
             self.sampler.set_position(self.step // batches, self.step % batches)
+            self._replaced_this_epoch = 0
             for batch in self.loader:
+                self._count_data_problems(batch)
                 loss = self.train_step(batch)
                 progress.update(1)
                 if self.step % self.config.log_every == 0 or self.step == self.total_steps:
@@ -229,7 +340,47 @@ class Trainer:
         if not (self.config.save_every and self.step % self.config.save_every == 0):
             self.save_checkpoint()
         self.logger.close()
+        self._say(self.data_summary())
         return self.model
+
+    def _count_data_problems(self, batch: dict) -> None:
+        """Add this batch's replaced images and cut captions (summed over ranks); stop when too many are unusable."""
+        problems = batch.get("problems", [])
+        for problem in problems[: max(0, LOGGED_PROBLEMS - self.data_counts["images_replaced"])]:
+            logger.warning("replaced an unreadable sample: %s", problem)
+        local = [len(problems), batch.get("long_cut", 0), batch.get("short_cut", 0)]
+        replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local, device=self.device)).tolist()
+        if long_cut and not self.data_counts["long_captions_cut"]:
+            self._say(
+                f"long captions longer than {self.context_length} tokens are cut to {self.context_length} "
+                "(counted; see the summary at the end)", logging.WARNING
+            )
+        self.data_counts["images_replaced"] += replaced
+        self.data_counts["long_captions_cut"] += long_cut
+        self.data_counts["short_captions_cut"] += short_cut
+        self._replaced_this_epoch += replaced
+        dataset = self.loader.dataset
+        total = getattr(dataset, "total", len(dataset))
+        bad = len(getattr(dataset, "skipped", ())) + self._replaced_this_epoch
+        if bad > self.config.max_bad_fraction * total:
+            raise ValueError(
+                f"{bad} of {total} samples cannot be used ({self._replaced_this_epoch} unreadable images this epoch, "
+                f"{bad - self._replaced_this_epoch} skipped when the data was read), more than --max-bad-fraction "
+                f"{self.config.max_bad_fraction:g} allows; first unreadable: {problems[0] if problems else 'on another process'}"
+            )
+
+    def data_summary(self) -> str:
+        """One line: samples skipped when reading, images replaced and captions cut while training."""
+        dataset = self.loader.dataset
+        skipped = len(getattr(dataset, "skipped", ()))
+        total = getattr(dataset, "total", len(dataset))
+        seen = self.step * self.config.batch_size * self.context.world_size
+        counts = self.data_counts
+        return (
+            f"data: {skipped} of {total} samples skipped when read, {counts['images_replaced']} unreadable images "
+            f"replaced; {counts['long_captions_cut']} long and {counts['short_captions_cut']} short captions of "
+            f"{seen} seen were longer than {self.context_length} tokens and cut"
+        )
 
     def _log(self, loss: LossOutput, progress: tqdm) -> None:
         metrics = {"loss": all_reduce_mean(loss.total).item(), "loss_long": all_reduce_mean(loss.long).item()}
@@ -237,6 +388,7 @@ class Trainer:
             metrics["loss_short"] = all_reduce_mean(loss.short).item()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["logit_scale"] = self.model.logit_scale.exp().item()
+        metrics.update(self.data_counts)
         self.logger.log(self.step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}")
 
@@ -250,21 +402,23 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
     from .config import save_config
     from .data import load_dataset
     from .distributed import init_distributed, shutdown_distributed
-    from .export import export_model
+    from .export import check_export_destination, export_model
 
-    if not config.base_model:
-        raise ValueError("no base model given; set base_model (an OpenAI/Long-CLIP file or a transformers CLIP folder)")
+    # everything that can be checked cheaply comes before the model is loaded
+    config.check_inputs()
+    export_dir = Path(config.output_dir) / "export"
+    check_export_destination(export_dir, config.export)
+    dataset = load_dataset(  # the image size is the model's, set once it is read
+        config.train_data, 0, config.data_format, config.image_root, config.skip_first, config.max_bad_fraction
+    )
     context = init_distributed()
     model = checkpoints.load_clip_model(config.base_model)
-    dataset = load_dataset(
-        config.train_data, model.config.vision_config.image_size, config.data_format, config.image_root, config.skip_first
-    )
+    dataset.image_size = model.config.vision_config.image_size
     trainer = Trainer(config, model, dataset, context)
     if context.is_main:
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, trainer.output_dir / "config.yaml")
     trained = trainer.train()
-    export_dir = trainer.output_dir / "export"
     del trainer  # its DDP reducer holds the process group; free it before the group goes
     written = export_model(trained, export_dir, config.export) if context.is_main else {}
     shutdown_distributed()

@@ -7,10 +7,16 @@ embeddings in range whatever the layer's mean)::
 
 where ``z_empty`` is the empty prompt encoded with the same padding, in the same forward pass. ``(word:0)`` makes a
 token look like the empty prompt at its position; ``(word:2)`` doubles its departure from it.
-A prompt whose weights are all 1 is encoded exactly as without weighting.
+A prompt whose weights are all 1 is encoded exactly as without weighting. Accepted weights lie in
+``[-MAX_WEIGHT, MAX_WEIGHT]`` (±10): a prompt with a weight outside (``(word:1e41)``, or nesting that multiplies past
+it) is refused with a ``ValueError`` naming the words, since such weights overflow the embeddings to NaN/Inf.
+
+A shorter encoder (bigG's 77 positions) reads a long prompt in windows (:func:`encode_windows`); weights then act per
+window, around the empty window at the same slot, as ComfyUI core's ``encode_token_weights`` does for each chunk.
 
 Every prompt is padded to the encoder's full length (248 for Long-CLIP), so a prompt's embedding never depends on the
-other prompts of its batch. Prompts longer than that are cut, and a warning names the dropped words.
+other prompts of its batch. Prompts longer than that are cut, and a warning names the dropped words as the user typed
+them.
 """
 
 from __future__ import annotations
@@ -33,9 +39,21 @@ from .prompt_syntax import (  # the text-only half (no torch), re-exported here
     parse_weighted_prompt,
     weighted_token_ids,
 )
-from .tokenizer import END_OF_TEXT, START_OF_TEXT
+from .tokenizer import CONTEXT_LENGTH, END_OF_TEXT, START_OF_TEXT
 
 logger = logging.getLogger(__name__)
+
+MAX_WEIGHT = 10.0
+
+
+def check_weights(prompt: str) -> None:
+    """Refuse weights outside ``[-MAX_WEIGHT, MAX_WEIGHT]``: they overflow the embeddings to NaN/Inf."""
+    for text, weight in parse_weighted_prompt(prompt):
+        if not -MAX_WEIGHT <= weight <= MAX_WEIGHT:  # also catches NaN
+            raise ValueError(
+                f"Prompt weight {weight:g} on {text.strip()!r} is outside the accepted range {-MAX_WEIGHT:g} to "
+                f"{MAX_WEIGHT:g}; use a smaller weight such as ({text.strip()}:1.5)."
+            )
 
 
 @dataclass
@@ -58,13 +76,16 @@ def tokenize_prompt(
     """Tokenize with weights: ``[start, tokens…, end, pad…]`` of exactly ``max_length`` ids.
 
     ``num_tokens`` counts the prompt's tokens without start/end. Tokens past ``max_length − 2`` are dropped and
-    returned as ``dropped_text`` (and logged as a warning).
+    returned as ``dropped_text`` in the prompt's own words (and logged as a warning). With ``weighting``, weights
+    outside ``[-MAX_WEIGHT, MAX_WEIGHT]`` raise a ``ValueError`` (:func:`check_weights`).
     """
+    if weighting:
+        check_weights(prompt)
     ids, weights = weighted_token_ids(tokenizer, prompt, weighting)
     budget = max_length - 2
     dropped_text = ""
     if len(ids) > budget:
-        dropped_text = tokenizer.decode(ids[budget:])
+        dropped_text = count_tokens(prompt, max_length, tokenizer).dropped_text or tokenizer.decode(ids[budget:])
         logger.warning(
             "The prompt has %d tokens; the encoder reads %d, so these words are dropped: %r",
             len(ids),
@@ -121,20 +142,89 @@ def encode_prompts(
     device = device or next(text_encoder.parameters()).device
     max_length = num_positions(text_encoder)
     tokenized = [tokenize_prompt(tokenizer, prompt, max_length, pad_token_id, weighting) for prompt in prompts]
-    weights = torch.stack([item.weights for item in tokenized]).to(device)
-    weighted = bool((weights != 1).any())
-    if weighted:  # the empty prompt rides along in the same pass, as the weighting's anchor
-        tokenized.append(tokenize_prompt(tokenizer, "", max_length, pad_token_id))
-    input_ids = torch.stack([item.input_ids for item in tokenized]).to(device)
+    empty = tokenize_prompt(tokenizer, "", max_length, pad_token_id)
+    return _weighted_pass(
+        text_encoder,
+        torch.stack([item.input_ids for item in tokenized]).to(device),
+        torch.stack([item.weights for item in tokenized]).to(device),
+        empty.input_ids.unsqueeze(0).to(device),
+        clip_skip=clip_skip,
+        hidden_state=hidden_state,
+    )
 
+
+def encode_windows(
+    text_encoder: nn.Module,
+    tokenizer: CLIPTokenizer,
+    prompts: list[str],
+    *,
+    length: int = CONTEXT_LENGTH,
+    pad_token_id: int = 0,
+    clip_skip: int | None = None,
+    hidden_state: HiddenState = "penultimate",
+    device: torch.device | str | None = None,
+) -> PromptEncoding:
+    """Encode prompts of up to ``length`` positions with a shorter encoder (e.g. bigG's 77) in windows.
+
+    The prompt's tokens (weights parsed as everywhere) are split into windows ``[start, 75 tokens, end, pad…]``; all
+    windows of all prompts go through the encoder as one batch, and the ``length`` positions are filled from them as
+    :func:`window_layout` says (each token from its own window; end and padding from the last window). An empty prompt
+    is one window ``[start, end, pad…]``. Weights act per window, around the empty window at the same slot (encoded in
+    the same batch), as ComfyUI core does for each 77-token chunk. Pooled: the first window's projected end-of-text
+    feature (it covers only the first 75 tokens), as ComfyUI and compel do.
+    """
+    device = device or next(text_encoder.parameters()).device
+    window_length = num_positions(text_encoder)
+    windows, window_weights, first_windows, window_index, slot_index = [], [], [], [], []
+    for prompt in prompts:
+        item = tokenize_prompt(tokenizer, prompt, length, pad_token_id)
+        count = min(item.num_tokens, length - 2)
+        first_windows.append(len(windows))
+        tokens = item.input_ids[1 : 1 + count].tolist()
+        windows += split_into_windows(tokens, window_length, START_OF_TEXT, END_OF_TEXT, pad_token_id)
+        window_weights += split_into_windows(item.weights[1 : 1 + count].tolist(), window_length, 1.0, 1.0, 1.0)
+        window, slot = window_layout(count, length, window_length)
+        window_index.append(window + first_windows[-1])
+        slot_index.append(slot)
+
+    empty = split_into_windows([], window_length, START_OF_TEXT, END_OF_TEXT, pad_token_id)
+    encoding = _weighted_pass(
+        text_encoder,
+        torch.tensor(windows, dtype=torch.long, device=device),
+        torch.tensor(window_weights, device=device),
+        torch.tensor(empty, dtype=torch.long, device=device),
+        clip_skip=clip_skip,
+        hidden_state=hidden_state,
+    )
+    hidden_states = encoding.hidden_states[torch.stack(window_index).to(device), torch.stack(slot_index).to(device)]
+    pooled = encoding.pooled[torch.tensor(first_windows, device=device)] if encoding.pooled is not None else None
+    return PromptEncoding(hidden_states, pooled)
+
+
+def _weighted_pass(
+    text_encoder: nn.Module,
+    input_ids: torch.LongTensor,
+    weights: torch.Tensor,
+    empty_ids: torch.LongTensor,
+    *,
+    clip_skip: int | None,
+    hidden_state: HiddenState,
+) -> PromptEncoding:
+    """One encoder pass over rows of ids ``[N, L]`` with per-token ``weights`` ``[N, L]``.
+
+    When a weight is not 1, the empty prompt's row ``empty_ids`` ``[1, L]`` rides along in the same batch as the
+    weighting's anchor (:func:`apply_weights`); pooled vectors are never weighted. All weights 1: a plain pass.
+    """
+    weighted = bool((weights != 1).any())
+    if weighted:
+        input_ids = torch.cat([input_ids, empty_ids])
     need_layers = clip_skip is not None or hidden_state == "penultimate"
     output = text_encoder(input_ids, output_hidden_states=need_layers)
     hidden_states = select_hidden_states(text_encoder, output, clip_skip=clip_skip, hidden_state=hidden_state)
     pooled = project_end_of_text(text_encoder, input_ids, output.last_hidden_state)
-
     if weighted:
-        empty, hidden_states, pooled = hidden_states[-1:], hidden_states[:-1], pooled[:-1] if pooled is not None else None
-        hidden_states = apply_weights(hidden_states, weights, empty)
+        hidden_states = apply_weights(hidden_states[:-1], weights, hidden_states[-1:])
+        pooled = pooled[:-1] if pooled is not None else None
     return PromptEncoding(hidden_states, pooled)
 
 

@@ -1,6 +1,12 @@
-"""diffusers pipelines with Long-CLIP text encoders (installed as ``longclip_diffusion.pipelines``)."""
+"""diffusers pipelines with Long-CLIP text encoders (installed as ``longclip_diffusion.pipelines``).
 
-from .stable_diffusion import LongCLIPStableDiffusionPipeline, apply_long_clip
-from .stable_diffusion_xl import LongCLIPStableDiffusionXLPipeline, encode_windows
+:mod:`.core` holds what every family shares (and the :func:`apply_long_clip` dispatcher); each family's file holds
+only what differs and registers itself when imported here.
+"""
+
+from ..prompts import encode_windows  # moved to the core; kept importable here
+from .core import apply_long_clip
+from .stable_diffusion import LongCLIPStableDiffusionPipeline
+from .stable_diffusion_xl import LongCLIPStableDiffusionXLPipeline
 
 __all__ = ["LongCLIPStableDiffusionPipeline", "LongCLIPStableDiffusionXLPipeline", "apply_long_clip", "encode_windows"]

@@ -16,7 +16,7 @@ from diffusers import (
 
 from longclip_diffusion.checkpoints import save_comfy_file
 from longclip_diffusion.pipelines import LongCLIPStableDiffusionXLPipeline, apply_long_clip, encode_windows
-from longclip_diffusion.pipelines.stable_diffusion_xl import _config, _text_tokenizer
+from longclip_diffusion.pipelines.core import get_setting, text_tokenizer
 from longclip_diffusion.positions import stretch_text_encoder
 from longclip_diffusion.prompts import tokenize_prompt
 from longclip_diffusion.testing import tiny_sd_components, tiny_sdxl_components
@@ -209,7 +209,7 @@ def test_literal_exclamation_mark_stays_bpe_token():
     """tokenizer_2 pads with "!" and would turn a literal "!" into pad id 0; the pipeline never uses it for text."""
     pipeline = make_pipeline()
     assert pipeline.tokenizer_2("wow!", add_special_tokens=False)["input_ids"][-1] == 0  # the trap, as shipped
-    tokenized = tokenize_prompt(_text_tokenizer(pipeline), "wow!", 248)
+    tokenized = tokenize_prompt(text_tokenizer(pipeline), "wow!", 248)
     assert tokenized.input_ids[1:4].tolist() == [ids_of("wow")[0], 256, END_OF_TEXT]
 
     components = tiny_sdxl_components(long_clip=True)
@@ -221,7 +221,7 @@ def test_literal_exclamation_mark_stays_bpe_token():
 
     refiner = apply_long_clip(StableDiffusionXLImg2ImgPipeline(**tiny_sdxl_components(refiner=True)), "stretch")
     assert refiner.tokenizer is None
-    tokenized = tokenize_prompt(_text_tokenizer(refiner), "wow!", 248)
+    tokenized = tokenize_prompt(text_tokenizer(refiner), "wow!", 248)
     assert tokenized.input_ids[2].item() == 256
 
 
@@ -341,8 +341,8 @@ def test_from_pretrained_stock_base(tmp_path):
 def test_apply_long_clip_on_sdxl_img2img_inpaint_controlnet():
     components = tiny_sdxl_components(long_clip=False)
     img2img = apply_long_clip(StableDiffusionXLImg2ImgPipeline(**components), "stretch")
-    assert _config(img2img, "long_clip_bigg_mode", None) == "stretch"
-    assert _config(img2img, "long_clip_pad_token_id", None) == END_OF_TEXT  # SDXL's own CLIP-L, stretched
+    assert get_setting(img2img, "long_clip_bigg_mode", None) == "stretch"
+    assert get_setting(img2img, "long_clip_pad_token_id", None) == END_OF_TEXT  # SDXL's own CLIP-L, stretched
     assert "long_clip_bigg_mode" not in img2img.config  # stock config untouched: `components` keeps working
     embeds, negative, pooled, _ = encode(img2img, LONG, negative_prompt="blurry")
     assert embeds.shape == negative.shape == (1, 248, WIDTH_L + WIDTH_G)

@@ -16,12 +16,13 @@ rows below ``keep`` (20) from ``positional_embedding``, rows from ``keep`` on fr
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
 import os
+import pickle
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -41,7 +42,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .tokenizer import END_OF_TEXT, START_OF_TEXT, bpe_vocabulary, load_tokenizer
+from .files import atomic_file, atomic_folder, check_destination
+from .positions import reset_position_ids
+from .sources import looks_like_path
+from .tokenizer import END_OF_TEXT, START_OF_TEXT, VOCAB_SIZE, bpe_vocabulary, load_tokenizer
 
 Format = Literal["openai", "transformers", "comfy"]
 TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
@@ -55,10 +59,68 @@ _EXPECTED = (
 )
 _TEXT_TABLE = "embeddings.position_embedding.weight"
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+_PRETRAINED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_CLIP_MODEL_TYPES = ("clip_text_model", "clip")
+_FILE_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"\x1f\x8b": "a gzip archive"}
 
 
 class CheckpointError(ValueError):
     """A file that cannot be read as a CLIP text encoder; the message names the file and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shapes and configs
+
+
+def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of blocks ``prefix0.…``, ``prefix1.…`` in a state dict; a gap in the numbering is an error."""
+    indices = {key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)}
+    numbers = sorted(int(index) for index in indices if index.isdigit())
+    missing = sorted(set(range(len(numbers))) - set(numbers)) if numbers else []
+    if missing:
+        raise CheckpointError(
+            f"blocks `{prefix}N` are numbered {numbers[:8]}{'…' if len(numbers) > 8 else ''}: block(s) {missing[:8]} "
+            "missing; the file is incomplete — re-download or re-export it."
+        )
+    return len(numbers)
+
+
+def attention_heads(width: int) -> int:
+    """OpenAI CLIP's rule: ``width // 64`` heads of 64 (one head below 64); refuses a width they cannot split."""
+    heads = max(1, width // 64)
+    if width % heads:
+        raise CheckpointError(
+            f"a text tower {width} wide cannot be split into {heads} attention heads (CLIP uses width // 64); "
+            "expected a width such as 512, 768, 1024 or 1280."
+        )
+    return heads
+
+
+def clip_text_config(
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    max_position_embeddings: int,
+    num_attention_heads: int | None = None,
+    projection_dim: int | None = None,
+    vocab_size: int = VOCAB_SIZE,
+    hidden_act: str = "quick_gelu",
+) -> CLIPTextConfig:
+    """A CLIP text config with CLIP's token ids (start/end of text, pad 0); heads default to :func:`attention_heads`."""
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        projection_dim=projection_dim or hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads or attention_heads(hidden_size),
+        max_position_embeddings=max_position_embeddings,
+        hidden_act=hidden_act,
+        bos_token_id=START_OF_TEXT,
+        eos_token_id=END_OF_TEXT,
+        pad_token_id=0,
+    )
 
 
 def text_encoder_width(text_encoder: nn.Module | dict[str, torch.Tensor]) -> int:
@@ -96,11 +158,19 @@ def check_text_encoder_width(
 def read_state_dict(path: str | os.PathLike, include: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file (read lazily) or a torch pickle (``weights_only=True``, memory-mapped).
 
-    ``include``: only keys starting with one of these prefixes are read (e.g. skip a vision tower).
+    ``include``: only keys starting with one of these prefixes are read (e.g. skip a vision tower). Pickled code is
+    never run: such a file is refused with one line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (.safetensors, .pt, .bin).")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes); the download or export did not finish — redo it.")
+    not_a_checkpoint = _describe_foreign_content(path)
+    if not_a_checkpoint:
+        raise CheckpointError(f"{path}: {not_a_checkpoint}, not a checkpoint; {_EXPECTED}.")
 
     def wanted(key: str) -> bool:
         return include is None or key.startswith(include)
@@ -110,29 +180,70 @@ def read_state_dict(path: str | os.PathLike, include: tuple[str, ...] | None = N
             with safe_open(path, framework="pt") as handle:
                 return {key: handle.get_tensor(key) for key in handle.keys() if wanted(key)}
         except (SafetensorError, OSError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({error}); is it truncated?") from error
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({_first_line(error)}); is it truncated? Re-download it."
+            ) from None
 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(_unpickling_message(path, error)) from None
+    except RuntimeError as error:  # not a zip checkpoint: an old-style pickle cannot be memory-mapped
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as retry_error:
+            raise CheckpointError(_unpickling_message(path, retry_error)) from None
         except Exception:
             raise CheckpointError(
-                f"{path}: cannot be read as a torch checkpoint ({str(error).splitlines()[0]}); "
-                "it may be truncated or not a checkpoint at all."
-            ) from error
-    except Exception as error:  # pickle refusing code, bad zip, …
+                f"{path}: cannot be read as a torch checkpoint ({_first_line(error)}); it is truncated or not a "
+                "checkpoint at all."
+            ) from None
+    except Exception as error:  # EOFError, KeyError from a foreign pickle, …
         raise CheckpointError(
-            f"{path}: cannot be read safely ({str(error).splitlines()[0]}). Only plain state dicts are loaded "
-            "(weights_only=True); re-save the file with torch.save(model.state_dict(), path)."
-        ) from error
+            f"{path}: cannot be read as a torch checkpoint ({type(error).__name__}: {_first_line(error)}); it is "
+            "truncated or not a checkpoint at all."
+        ) from None
 
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors; {_EXPECTED}.")
+    if not loaded:
+        raise CheckpointError(f"{path}: holds no tensors (an empty state dict); {_EXPECTED}.")
     return {key: value for key, value in loaded.items() if wanted(key)}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _unpickling_message(path: Path, error: pickle.UnpicklingError) -> str:
+    """One line for a pickle that ``weights_only=True`` refused (it names code or objects) or could not parse."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found is None:
+        return f"{path}: cannot be read as a torch checkpoint (not a valid pickle); it is truncated or not a checkpoint at all."
+    return (
+        f"refused to unpickle code in {path} (it calls {found.group(1)}); use safetensors — only plain tensors are "
+        "loaded from pickles (weights_only=True)."
+    )
+
+
+def _describe_foreign_content(path: Path) -> str | None:
+    """What a file is when it plainly is no checkpoint (an image, text); ``None`` when it may be one."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    for signature, kind in _FILE_SIGNATURES.items():
+        if head.startswith(signature):
+            return f"is {kind}"
+    if head[8:9] == b"{" or head.startswith(b"PK\x03\x04"):  # safetensors header, torch zip
+        return None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at byte 512 is not an error
+    except UnicodeDecodeError:
+        return None
+    printable = all(character.isprintable() or character in "\t\n\r\f" for character in text)
+    return "is a text file" if printable else None
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
@@ -159,7 +270,7 @@ def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 def detect_format(state_dict: dict[str, torch.Tensor]) -> Format:
     """Which layout a state dict uses: ``openai``, ``transformers`` (a saved transformers model) or ``comfy``."""
     keys = _strip_module_prefix(state_dict).keys()
-    if "token_embedding.weight" in keys and "positional_embedding" in keys:
+    if "positional_embedding" in keys or any(key.startswith("transformer.resblocks.") for key in keys):
         return "openai"
     table_keys = [key for key in keys if key.endswith(_TEXT_TABLE) and "vision" not in key]
     if len(table_keys) == 1:
@@ -178,40 +289,111 @@ def effective_position_table(state_dict: dict[str, torch.Tensor], keep: int = KE
 
 
 def _openai_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextConfig:
-    width = state_dict["ln_final.weight"].shape[0]
-    return CLIPTextConfig(
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
+    """Config of an OpenAI-layout text tower, after checking every tensor it needs is there with a consistent shape."""
+    required = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias")
+    layers = count_layers(state_dict, "transformer.resblocks.")
+    missing = [key for key in required if key not in state_dict]
+    if not layers:
+        missing.append("transformer.resblocks.0.*")
+    elif "transformer.resblocks.0.mlp.c_fc.weight" not in state_dict:
+        missing.append("transformer.resblocks.0.mlp.c_fc.weight")
+    if missing:
+        raise CheckpointError(
+            f"an OpenAI/Long-CLIP text tower without {_names(missing)} ({len(state_dict)} tensors found); the file is "
+            "incomplete — re-download or re-export it."
+        )
+    vocab_size, width = _shape(state_dict, "token_embedding.weight", 2)
+    intermediate = _shape(state_dict, "transformer.resblocks.0.mlp.c_fc.weight", 2)[0]
+    num_positions = _shape(state_dict, "positional_embedding", 2)[0]
+    expected = {
+        "positional_embedding": (num_positions, width),
+        "positional_embedding_res": (num_positions, width),
+        "ln_final.weight": (width,),
+        "ln_final.bias": (width,),
+    }
+    for layer in range(layers):
+        block = f"transformer.resblocks.{layer}."
+        expected.update({block + name: shape for name, shape in _openai_block_shapes(width, intermediate).items()})
+    _check_shapes(state_dict, expected, f"a {width}-wide, {layers}-layer text tower (MLP {intermediate})")
+    projection = state_dict.get("text_projection")
+    if projection is not None and (projection.ndim != 2 or projection.shape[0] != width):
+        raise CheckpointError(f"`text_projection` is {list(projection.shape)}, expected [{width}, embed_dim].")
+    return clip_text_config(
+        vocab_size=vocab_size,
         hidden_size=width,
-        intermediate_size=state_dict["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        projection_dim=state_dict["text_projection"].shape[1] if "text_projection" in state_dict else width,
-        num_hidden_layers=_count_layers(state_dict, "transformer.resblocks."),
-        num_attention_heads=width // 64,
-        max_position_embeddings=state_dict["positional_embedding"].shape[0],
-        hidden_act="quick_gelu",
-        bos_token_id=START_OF_TEXT,
-        eos_token_id=END_OF_TEXT,
-        pad_token_id=0,
+        intermediate_size=intermediate,
+        projection_dim=projection.shape[1] if projection is not None else width,
+        num_hidden_layers=layers,
+        max_position_embeddings=num_positions,
     )
 
 
+def _openai_block_shapes(width: int, intermediate: int) -> dict[str, tuple[int, ...]]:
+    return {
+        "attn.in_proj_weight": (3 * width, width),
+        "attn.in_proj_bias": (3 * width,),
+        "attn.out_proj.weight": (width, width),
+        "attn.out_proj.bias": (width,),
+        "ln_1.weight": (width,),
+        "ln_1.bias": (width,),
+        "ln_2.weight": (width,),
+        "ln_2.bias": (width,),
+        "mlp.c_fc.weight": (intermediate, width),
+        "mlp.c_fc.bias": (intermediate,),
+        "mlp.c_proj.weight": (width, intermediate),
+        "mlp.c_proj.bias": (width,),
+    }
+
+
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"`{key}`" for key in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _shape(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"`{key}` is {list(shape)}; expected {ndim} dimensions.")
+    return shape
+
+
+def _check_shapes(state_dict: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], model: str) -> None:
+    """Refuse missing tensors and shapes that disagree with ``model``: what was found against what was expected."""
+    missing = [key for key in expected if key not in state_dict and key != "positional_embedding_res"]
+    if missing:
+        raise CheckpointError(f"missing {_names(missing)} for {model}; the file is incomplete — re-download or re-export it.")
+    wrong = [
+        f"`{key}` is {list(state_dict[key].shape)}, expected {list(shape)}"
+        for key, shape in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(shape)
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise CheckpointError(
+            f"inconsistent shapes for {model}: {'; '.join(wrong[:3])}{more}; the file is damaged or mixes two models."
+        )
+
+
 def _openai_vision_config(state_dict: dict[str, torch.Tensor]) -> CLIPVisionConfig:
-    conv = state_dict["visual.conv1.weight"]
-    width, patch = conv.shape[0], conv.shape[-1]
+    required = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "visual.class_embedding")
+    missing = [key for key in required if key not in state_dict]
+    if "visual.transformer.resblocks.0.mlp.c_fc.weight" not in state_dict:
+        missing.append("visual.transformer.resblocks.0.mlp.c_fc.weight")
+    if missing:
+        raise CheckpointError(f"a vision tower without {_names(missing)}; the file is incomplete.")
+    conv = _shape(state_dict, "visual.conv1.weight", 4)
+    width, patch = conv[0], conv[-1]
     grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     return CLIPVisionConfig(
         hidden_size=width,
         intermediate_size=state_dict["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        projection_dim=state_dict["visual.proj"].shape[1],
-        num_hidden_layers=_count_layers(state_dict, "visual.transformer.resblocks."),
-        num_attention_heads=width // 64,
+        projection_dim=_shape(state_dict, "visual.proj", 2)[1],
+        num_hidden_layers=count_layers(state_dict, "visual.transformer.resblocks."),
+        num_attention_heads=attention_heads(width),
         image_size=patch * grid,
         patch_size=patch,
         hidden_act="quick_gelu",
     )
-
-
-def _count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
-    return len({key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)})
 
 
 # OpenAI block names → transformers block names (q, k, v are split from in_proj separately).
@@ -287,55 +469,80 @@ def openai_to_transformers(
 
 def _transformers_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextConfig:
     """Config of a bare transformers-layout text state dict (``text_model.*``); heads = width / 64 as in CLIP."""
-    token_embedding = state_dict["text_model.embeddings.token_embedding.weight"]
-    width = token_embedding.shape[1]
+    required = (
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.encoder.layers.0.mlp.fc1.weight",
+    )
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        raise CheckpointError(
+            f"a transformers CLIP text model without {_names(missing)} ({len(state_dict)} tensors found); the file is "
+            "incomplete — re-download or re-export it."
+        )
+    vocab_size, width = _shape(state_dict, "text_model.embeddings.token_embedding.weight", 2)
     projection = state_dict.get("text_projection.weight")
-    return CLIPTextConfig(
-        vocab_size=token_embedding.shape[0],
+    return clip_text_config(
+        vocab_size=vocab_size,
         hidden_size=width,
-        intermediate_size=state_dict["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        intermediate_size=_shape(state_dict, "text_model.encoder.layers.0.mlp.fc1.weight", 2)[0],
         projection_dim=projection.shape[0] if projection is not None else width,
-        num_hidden_layers=_count_layers(state_dict, "text_model.encoder.layers."),
-        num_attention_heads=max(1, width // 64),
-        max_position_embeddings=state_dict["text_model.embeddings.position_embedding.weight"].shape[0],
-        hidden_act="quick_gelu",
-        bos_token_id=START_OF_TEXT,
-        eos_token_id=END_OF_TEXT,
-        pad_token_id=0,
+        num_hidden_layers=count_layers(state_dict, "text_model.encoder.layers."),
+        max_position_embeddings=_shape(state_dict, "text_model.embeddings.position_embedding.weight", 2)[0],
     )
 
 
 def _to_text_model_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers/ComfyUI layouts → ``text_model.*`` + ``text_projection.weight`` (prefixes removed)."""
-    (table_key,) = [key for key in state_dict if key.endswith(_TEXT_TABLE) and "vision" not in key]
-    prefix = table_key[: -len(_TEXT_TABLE)]
+    tables = [key for key in state_dict if key.endswith(_TEXT_TABLE) and "vision" not in key]
+    if len(tables) != 1:
+        raise CheckpointError(f"found {len(tables)} text position tables (`…{_TEXT_TABLE}`); {_EXPECTED}.")
+    prefix = tables[0][: -len(_TEXT_TABLE)]
     outer = prefix[: -len("text_model.")] if prefix.endswith("text_model.") else prefix
     converted = {}
     for key, value in state_dict.items():
-        if key.startswith(prefix):
-            converted["text_model." + key[len(prefix) :]] = value
-        elif key == outer + "text_projection.weight":
+        if key == outer + "text_projection.weight":
             converted["text_projection.weight"] = value
+        elif key.startswith(prefix) and not key.startswith(("vision_model.", "visual_projection.")):
+            converted["text_model." + key[len(prefix) :]] = value
     return converted
 
 
-def _build(model_class: type[PreTrainedModel], config, state_dict: dict[str, torch.Tensor], origin: str):
-    """Instantiate without random init (meta device) and assign the given tensors."""
-    with torch.device("meta"):
-        model = model_class(config)
-    expected = set(model.state_dict())
+def _build(model_class: type[PreTrainedModel], config, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """Instantiate without random init (meta device) and assign the given tensors, after checking every shape."""
+    text_config = getattr(config, "text_config", config)
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    except (ValueError, ZeroDivisionError) as error:
+        raise CheckpointError(
+            f"its config cannot build a {model_class.__name__} ({_first_line(error)}): hidden_size "
+            f"{text_config.hidden_size}, {text_config.num_attention_heads} heads."
+        ) from None
+    expected = model.state_dict()
     if "text_model.embeddings.token_embedding.weight" not in expected:  # transformers >= 5 CLIPTextModel: no wrapper
         state_dict = {key.removeprefix("text_model."): value for key, value in state_dict.items()}
-    state_dict = {key: value for key, value in state_dict.items() if key in expected}
-    missing = expected - set(state_dict)
+    missing = sorted(set(expected) - set(state_dict))
     if missing:
-        raise CheckpointError(f"{origin}: missing {sorted(missing)[:5]} for a {model_class.__name__}; {_EXPECTED}.")
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    for module in model.modules():
-        table = getattr(module, "position_embedding", None)
-        if isinstance(getattr(module, "position_ids", None), torch.Tensor) and isinstance(table, nn.Embedding):
-            module.register_buffer("position_ids", torch.arange(table.num_embeddings).unsqueeze(0), persistent=False)
-    return model.eval()
+        raise CheckpointError(f"missing {_names(missing)} for a {model_class.__name__}; {_EXPECTED}.")
+    described = (
+        f"a {model_class.__name__} {text_config.hidden_size} wide with {text_config.num_hidden_layers} layers, "
+        f"{text_config.max_position_embeddings} positions"
+    )
+    _check_shapes(state_dict, {key: tuple(value.shape) for key, value in expected.items()}, described)
+    model.load_state_dict({key: state_dict[key] for key in expected}, strict=True, assign=True)
+    return reset_position_ids(model).eval()
+
+
+@contextmanager
+def _naming(origin: str) -> Iterator[None]:
+    """Put ``origin`` (the file or folder) in front of a ``CheckpointError`` that does not name it yet."""
+    try:
+        yield
+    except CheckpointError as error:
+        if origin in str(error):
+            raise
+        raise CheckpointError(f"{origin}: {error}") from None
 
 
 def _text_model_class(with_projection: bool) -> type[PreTrainedModel]:
@@ -354,6 +561,8 @@ def load_text_encoder(
 
     ``with_projection`` gives a ``CLIPTextModelWithProjection`` (pooled, projected end-of-text feature, as SDXL's
     second encoder and retrieval need); otherwise a ``CLIPTextModel`` (as SD 1.x's ``text_encoder``).
+    Structure is checked before a model is built: a missing or inconsistent tensor raises :class:`CheckpointError`
+    naming the file, what was found and what was expected.
     """
     model_class = _text_model_class(with_projection)
     if isinstance(source, nn.Module):
@@ -361,43 +570,108 @@ def load_text_encoder(
     elif Path(source).is_file():
         model = _load_text_file(Path(source), model_class, keep)
     else:
-        model = _load_pretrained(source, model_class, subfolder)
+        model = _load_pretrained(source, model_class, subfolder, keep)
     return model.to(torch_dtype) if torch_dtype is not None else model
 
 
 def _rebuild(model: nn.Module, model_class: type[PreTrainedModel]) -> PreTrainedModel:
     config = getattr(model.config, "text_config", model.config)
-    state_dict = _to_text_model_keys(model.state_dict())
-    return _build(model_class, config, state_dict, type(model).__name__)
+    with _naming(type(model).__name__):
+        return _build(model_class, config, _to_text_model_keys(model.state_dict()))
 
 
 def _load_text_file(path: Path, model_class: type[PreTrainedModel], keep: int) -> PreTrainedModel:
-    state_dict = _strip_module_prefix(read_state_dict(path, include=None))
+    state_dict = _strip_module_prefix(read_state_dict(path))
+    with _naming(str(path)):
+        if detect_format(state_dict) == "openai":
+            text_only = {key: value for key, value in state_dict.items() if not key.startswith("visual.")}
+            config, converted = openai_to_transformers(text_only, keep)
+        else:
+            converted = _to_text_model_keys(state_dict)
+            config = _saved_text_config(path) or _transformers_text_config(converted)
+        if model_class is CLIPTextModelWithProjection and "text_projection.weight" not in converted:
+            raise CheckpointError("has no text projection, which a CLIPTextModelWithProjection needs.")
+        return _build(model_class, config, converted)
+
+
+def _saved_text_config(path: Path) -> CLIPTextConfig | None:
+    """The exact config we store in single files we write (``None`` for files written by others)."""
+    saved = _safetensors_metadata(path).get(CONFIG_METADATA_KEY)
+    if saved is None:
+        return None
     try:
-        layout = detect_format(state_dict)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    if layout == "openai":
-        config, converted = openai_to_transformers({k: v for k, v in state_dict.items() if not k.startswith("visual.")}, keep)
-    else:
-        converted = _to_text_model_keys(state_dict)
-        saved_config = _safetensors_metadata(path).get(CONFIG_METADATA_KEY)
-        config = CLIPTextConfig.from_dict(json.loads(saved_config)) if saved_config else _transformers_text_config(converted)
-    if model_class is CLIPTextModelWithProjection and "text_projection.weight" not in converted:
-        raise CheckpointError(f"{path}: has no text projection, which a CLIPTextModelWithProjection needs.")
-    return _build(model_class, config, converted, str(path))
+        return CLIPTextConfig.from_dict(json.loads(saved))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"its `{CONFIG_METADATA_KEY}` metadata is not a CLIP text config ({_first_line(error)}).") from None
 
 
-def _load_pretrained(source: str | os.PathLike, model_class: type[PreTrainedModel], subfolder: str | None, keep: int = KEEP):
-    folder = Path(source)
-    if not folder.exists() and (folder.is_absolute() or str(source).startswith(".") or folder.suffix in _WEIGHT_SUFFIXES):
+def _load_folder(folder: Path, model_class: type[PreTrainedModel]) -> PreTrainedModel:
+    """A transformers CLIP folder (``config.json`` + weights), read with the same checks as a single file.
+
+    Only the tensors the model needs are kept (a projection or vision tower beside them is ignored, silently); pickled
+    ``.bin`` weights go through ``weights_only=True``.
+    """
+    config_path = folder / "config.json"
+    try:
+        config_dict = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: not a readable JSON config ({_first_line(error)}).") from None
+    model_type = config_dict.get("model_type") if isinstance(config_dict, dict) else None
+    allowed = ("clip",) if model_class is CLIPModel else _CLIP_MODEL_TYPES
+    if model_type not in allowed:
+        found = model_type or (config_dict.get("_class_name") if isinstance(config_dict, dict) else None)
+        raise CheckpointError(
+            f"{config_path}: describes {found or 'an unknown model'}, not a {model_class.__name__} "
+            f"(model_type {' or '.join(allowed)}); {_EXPECTED}."
+        )
+    with _naming(str(folder)):
+        if model_class is CLIPModel:
+            config = CLIPConfig.from_dict(config_dict)
+        else:
+            config = CLIPTextConfig.from_dict(config_dict.get("text_config", {}) if model_type == "clip" else config_dict)
+        state_dict = {}
+        for weights in _folder_weight_files(folder):
+            state_dict.update(read_state_dict(weights))
+        if model_class is not CLIPModel:
+            state_dict = _to_text_model_keys(state_dict)
+        return _build(model_class, config, state_dict)
+
+
+def _folder_weight_files(folder: Path) -> list[Path]:
+    """The weights of a ``save_pretrained`` folder: one file, or the shards its index names (safetensors first)."""
+    for name in _PRETRAINED_WEIGHTS:
+        candidate = folder / name
+        if not candidate.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [candidate]
+        try:
+            shards = sorted(set(json.loads(candidate.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{candidate}: not a readable weights index ({_first_line(error)}).") from None
+        return [folder / shard for shard in shards]
+    raise CheckpointError(
+        f"{folder}: has config.json but no weights (model.safetensors or pytorch_model.bin); the download or export "
+        "is incomplete."
+    )
+
+
+def _load_pretrained(
+    source: str | os.PathLike, model_class: type[PreTrainedModel], subfolder: str | None, keep: int = KEEP
+) -> PreTrainedModel:
+    folder = Path(source).expanduser()
+    if not folder.exists() and (isinstance(source, os.PathLike) or looks_like_path(str(source))):
         raise CheckpointError(f"{source}: no such file or folder.")
     if folder.is_dir():
-        if subfolder is None and not (folder / "config.json").exists():
-            if not (folder / "text_encoder" / "config.json").exists():
-                raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json); {_EXPECTED}.")
-            subfolder = "text_encoder"
-        return model_class.from_pretrained(str(folder), subfolder=subfolder or "").eval()
+        if subfolder is not None:
+            folder = folder / subfolder
+        elif not (folder / "config.json").exists() and (folder / "text_encoder" / "config.json").exists():
+            folder = folder / "text_encoder"
+        if not (folder / "config.json").is_file():
+            weights = sorted(path.name for path in folder.glob("*") if path.suffix in _WEIGHT_SUFFIXES) if folder.is_dir() else []
+            hint = f" (it holds {', '.join(weights[:3])}: pass that file instead)" if weights else ""
+            raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json){hint}; {_EXPECTED}.")
+        return _load_folder(folder, model_class)
     try:
         return model_class.from_pretrained(str(source), subfolder=subfolder or "").eval()
     except OSError as error:
@@ -405,9 +679,9 @@ def _load_pretrained(source: str | os.PathLike, model_class: type[PreTrainedMode
         if checkpoint is not None:
             return _load_text_file(checkpoint, model_class, keep) if model_class is not CLIPModel else load_clip_model(checkpoint)
         raise CheckpointError(
-            f"{source}: no such file or folder, and not loadable as a Hub id ({str(error).splitlines()[0]}). "
-            "Check the path; a Hub id needs network access (or a filled cache with HF_HUB_OFFLINE=1)."
-        ) from error
+            f"{source}: no such file or folder here, and not found as a Hub id ({_first_line(error)}). Check the path; "
+            "a Hub id needs network access (or a filled cache with HF_HUB_OFFLINE=1)."
+        ) from None
 
 
 def _hub_single_checkpoint(repo_id: str) -> Path | None:
@@ -432,45 +706,64 @@ def load_clip_model(source: str | os.PathLike | CLIPModel, keep: int = KEEP) -> 
     if not path.is_file():
         return _load_pretrained(source, CLIPModel, None)
     state_dict = _strip_module_prefix(read_state_dict(path))
-    if detect_format(state_dict) == "openai":
+    with _naming(str(path)):
+        if detect_format(state_dict) != "openai":
+            raise CheckpointError("a single-file text encoder has no vision tower; a CLIPModel needs both.")
         if "visual.proj" not in state_dict:
-            raise CheckpointError(f"{path}: has no vision tower (`visual.*`); a CLIPModel needs both towers.")
+            raise CheckpointError("has no vision tower (`visual.*`); a CLIPModel needs both towers.")
         config, converted = openai_to_transformers(state_dict, keep)
-    else:
-        raise CheckpointError(f"{path}: a single-file text encoder has no vision tower; a CLIPModel needs both.")
-    return _build(CLIPModel, config, converted, str(path))
+        return _build(CLIPModel, config, converted)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Writing
+# Writing: every file goes through files.atomic_file / atomic_folder (temporary, then rename; umask modes); an
+# existing destination is refused unless ``overwrite``; a failed write leaves it untouched and says so in one line.
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
+def _write_error(destination: Path, error: BaseException) -> OSError:
+    """One line for a write that failed (disk full, permissions…); the destination was left as it was."""
+    text = str(error)
+    full = getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text
+    reason = "no space left on device" if full else (getattr(error, "strerror", None) or _first_line(error))
+    failure = OSError(
+        f"could not write {destination}: {reason}; nothing was changed there — free some space or choose another "
+        "destination."
+    )
+    failure.errno = errno.ENOSPC if full else getattr(error, "errno", None)
+    return failure
+
+
+def _write_file(path: str | os.PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Run ``write(temporary)`` and move the result onto ``path`` (refused if it exists, unless ``overwrite``)."""
+    path = check_destination(path, overwrite)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name for the output (e.g. {path / 'longclip.safetensors'}).")
     try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        with atomic_file(path) as temporary:
+            write(temporary)
+    except (OSError, SafetensorError) as error:
+        raise _write_error(path, error) from error
+    return path
 
 
 def _text_state_dict(text_encoder: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.contiguous() for key, value in _to_text_model_keys(text_encoder.state_dict()).items()}
 
 
-def save_comfy_file(text_encoder: nn.Module, path: str | os.PathLike) -> Path:
+def save_safetensors_file(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, *, metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write tensors as one safetensors file, atomically; an existing ``path`` is refused unless ``overwrite``."""
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
+    return _write_file(path, overwrite, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def save_comfy_file(text_encoder: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """One safetensors file in the layout ComfyUI's ``CLIPLoader`` reads (a 248-row table → Long-CLIP-L)."""
-    path = Path(path)
     config = getattr(text_encoder.config, "text_config", text_encoder.config)
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
-    with _atomic_path(path) as temporary:
-        save_file(_text_state_dict(text_encoder), str(temporary), metadata=metadata)
-    return path
+    return save_safetensors_file(_text_state_dict(text_encoder), path, metadata=metadata, overwrite=overwrite)
 
 
 def transformers_to_openai(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -528,16 +821,12 @@ def _blocks_to_openai(state_dict: dict[str, torch.Tensor], source: str, target: 
     return converted
 
 
-def save_openai_file(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_openai_file(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """The reference layout, as a torch file (``.pt``, what ``longclip.load`` reads) or safetensors."""
-    path = Path(path)
     state_dict = transformers_to_openai(model)
-    with _atomic_path(path) as temporary:
-        if path.suffix == ".safetensors":
-            save_file(state_dict, str(temporary), metadata={"format": "pt"})
-        else:
-            torch.save(state_dict, temporary)
-    return path
+    if Path(path).suffix == ".safetensors":
+        return save_safetensors_file(state_dict, path, metadata={"format": "pt"}, overwrite=overwrite)
+    return _write_file(path, overwrite, lambda temporary: torch.save(state_dict, temporary))
 
 
 def save_tokenizer(tokenizer: CLIPTokenizer, directory: Path) -> None:
@@ -549,25 +838,43 @@ def save_tokenizer(tokenizer: CLIPTokenizer, directory: Path) -> None:
     (directory / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
 
 
+DIFFUSERS_PARTS = ("text_encoder", "tokenizer")  # what save_diffusers writes inside its folder; nothing else is touched
+
+
+def _check_diffusers_destination(directory: Path, overwrite: bool) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file; a diffusers output is a folder (text_encoder/, tokenizer/).")
+    for part in DIFFUSERS_PARTS:
+        check_destination(directory / part, overwrite)
+
+
 def save_diffusers(
-    text_encoder: nn.Module, directory: str | os.PathLike, tokenizer: CLIPTokenizer | None = None
+    text_encoder: nn.Module,
+    directory: str | os.PathLike,
+    tokenizer: CLIPTokenizer | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``directory/text_encoder/`` and ``directory/tokenizer/`` for ``from_pretrained`` (atomic per folder)."""
+    """Write ``directory/text_encoder/`` and ``directory/tokenizer/`` for ``from_pretrained``.
+
+    ``text_encoder/`` keeps the given class and ``config.json`` names it (``architectures``): a ``CLIPTextModel``
+    (SD 1.x's and SDXL's ``text_encoder``, no projection) or a ``CLIPTextModelWithProjection`` (SDXL's bigG); so the
+    matching plain ``from_pretrained`` loads it without a load report. A ``CLIPModel`` gives its text tower as a
+    ``CLIPTextModel``. An existing ``text_encoder/`` or ``tokenizer/`` is refused unless ``overwrite``; even then only
+    these two are replaced (both swapped in at the end), nothing else in ``directory``.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    _check_diffusers_destination(directory, overwrite)
+    if not isinstance(text_encoder, (CLIPTextModel, CLIPTextModelWithProjection)):
+        text_encoder = load_text_encoder(text_encoder)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_max_length=_num_positions(text_encoder))
-    staging = Path(tempfile.mkdtemp(prefix=".longclip-", dir=directory))
     try:
-        text_encoder.save_pretrained(str(staging / "text_encoder"))
-        save_tokenizer(tokenizer, staging / "tokenizer")
-        for name in ("text_encoder", "tokenizer"):
-            target = directory / name
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_folder(directory / "text_encoder") as encoder_folder, atomic_folder(directory / "tokenizer") as tokenizer_folder:
+            text_encoder.save_pretrained(str(encoder_folder))
+            save_tokenizer(tokenizer, tokenizer_folder)
+    except (OSError, SafetensorError) as error:
+        raise _write_error(directory, error) from error
     return directory
 
 
@@ -580,17 +887,25 @@ def convert(
     source: str | os.PathLike,
     destination: str | os.PathLike,
     to: Literal["diffusers", "comfy", "openai"] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Convert any readable checkpoint. ``to`` defaults from ``destination``: ``.safetensors`` → comfy,
-    ``.pt`` → openai, anything else → a diffusers ``text_encoder/`` + ``tokenizer/`` folder."""
+    ``.pt`` → openai, anything else → a diffusers ``text_encoder/`` + ``tokenizer/`` folder.
+
+    The destination is checked before the source is read: an existing one is refused unless ``overwrite``.
+    """
     destination = Path(destination)
     if to is None:
         to = {".safetensors": "comfy", ".pt": "openai", ".pth": "openai"}.get(destination.suffix, "diffusers")
-    if to == "openai":
-        return save_openai_file(load_clip_model(source), destination)
-    text_encoder = load_text_encoder(source, with_projection=True)
-    if to == "comfy":
-        return save_comfy_file(text_encoder, destination)
+    if to not in ("diffusers", "comfy", "openai"):
+        raise ValueError(f"Unknown target format {to!r}; choose diffusers, comfy or openai.")
     if to == "diffusers":
-        return save_diffusers(text_encoder, destination)
-    raise ValueError(f"Unknown target format {to!r}; choose diffusers, comfy or openai.")
+        _check_diffusers_destination(destination, overwrite)
+    else:
+        check_destination(destination, overwrite)
+    if to == "openai":
+        return save_openai_file(load_clip_model(source), destination, overwrite=overwrite)
+    if to == "comfy":
+        return save_comfy_file(load_text_encoder(source, with_projection=True), destination, overwrite=overwrite)
+    return save_diffusers(load_text_encoder(source), destination, overwrite=overwrite)

@@ -18,11 +18,9 @@ What ComfyUI (0.3.x, ``comfy/sd.py``, ``comfy/sd1_clip.py``, ``comfy/text_encode
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from . import checkpoints, positions
@@ -68,7 +66,7 @@ def text_model_config(state_dict: dict[str, torch.Tensor], prefix: str = "") -> 
         "hidden_size": width,
         "num_attention_heads": width // 64,
         "intermediate_size": state_dict[layers + "0.mlp.fc1.weight"].shape[0],
-        "num_hidden_layers": len({key[len(layers) :].split(".")[0] for key in state_dict if key.startswith(layers)}),
+        "num_hidden_layers": checkpoints.count_layers(state_dict, layers),
         "max_position_embeddings": state_dict[prefix + TABLE].shape[0],
     }
 
@@ -97,11 +95,17 @@ def encoder_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
 def stretch_state_dict(
     state_dict: dict[str, torch.Tensor], keep: int = 20, ratio: int = 4, names: tuple[str, ...] | None = None
 ) -> dict[str, torch.Tensor]:
-    """KPS on every (or the named) encoder's position table of a ComfyUI-layout state dict; other tensors shared."""
+    """KPS on every (or the named) encoder's position table of a ComfyUI-layout state dict; other tensors shared.
+
+    An encoder that is already long (more than 77 positions) is refused, naming it; nothing is stretched then.
+    """
     stretched = dict(state_dict)
     for name, prefix in encoder_prefixes(state_dict).items():
         if names is None or name in names:
-            stretched[prefix + TABLE] = positions.stretch_positions(state_dict[prefix + TABLE], keep=keep, ratio=ratio)
+            try:
+                stretched[prefix + TABLE] = positions.stretch_positions(state_dict[prefix + TABLE], keep=keep, ratio=ratio)
+            except ValueError as error:
+                raise ValueError(f"{name or 'text encoder'}: {error}") from None
     return stretched
 
 
@@ -113,19 +117,11 @@ def without_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
-def save_comfy_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Write a ComfyUI-layout text encoder (``text_model.*``) as one safetensors file, atomically."""
-    path = Path(path)
+def save_comfy_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a ComfyUI-layout text encoder (``text_model.*``) as one safetensors file, atomically.
+
+    An existing ``path`` is refused unless ``overwrite`` (``files.DestinationExistsError``).
+    """
     if TABLE not in state_dict:
         raise checkpoints.CheckpointError(f"{path}: nothing to save; expected `{TABLE}` in the state dict.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-        save_file(tensors, temporary, metadata={"format": "pt"})
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return checkpoints.save_safetensors_file(state_dict, path, metadata={"format": "pt"}, overwrite=overwrite)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+CLIP_POSITIONS = 77  # what CLIP was trained with; KPS stretches this table (to 248 with the defaults)
+
 
 @dataclass(frozen=True)
 class StretchConfig:
@@ -36,6 +38,11 @@ def stretch_positions(table: torch.Tensor, keep: int = 20, ratio: int = 4) -> to
     num_positions = table.shape[0]
     if table.ndim != 2:
         raise ValueError(f"A position table is 2-D [positions, width]; got shape {tuple(table.shape)}.")
+    if num_positions > CLIP_POSITIONS:
+        raise ValueError(
+            f"The position table already has {num_positions} positions; KPS stretches a {CLIP_POSITIONS}-position "
+            "CLIP. This encoder is already long: use it as it is."
+        )
     if not 0 <= keep <= num_positions - 2:
         raise ValueError(f"`keep` must be between 0 and {num_positions - 2} for a {num_positions}-row table; got {keep}.")
     if ratio < 1:
@@ -59,20 +66,27 @@ def position_embedding(module: nn.Module) -> nn.Embedding:
     raise ValueError(f"No text `position_embedding` found in {type(module).__name__}; is it a CLIP text model?")
 
 
+def reset_position_ids(model: nn.Module) -> nn.Module:
+    """Make every ``position_ids`` buffer ``arange`` over its own position table (after the table changed length)."""
+    for module in model.modules():
+        table = getattr(module, "position_embedding", None)
+        if isinstance(getattr(module, "position_ids", None), torch.Tensor) and isinstance(table, nn.Embedding):
+            position_ids = torch.arange(table.num_embeddings, device=table.weight.device).unsqueeze(0)
+            module.register_buffer("position_ids", position_ids, persistent=False)
+    return model
+
+
 def stretch_text_encoder(text_encoder: nn.Module, keep: int = 20, ratio: int = 4) -> nn.Module:
-    """Stretch a transformers CLIP text encoder in place; config, table and ``position_ids`` stay consistent."""
+    """Stretch a transformers CLIP text encoder in place; config, table and ``position_ids`` stay consistent.
+
+    Only a 77-position CLIP is stretched: an encoder that is already long (e.g. Long-CLIP's 248) is refused.
+    """
     table = position_embedding(text_encoder)
     stretched = stretch_positions(table.weight.data, keep=keep, ratio=ratio)
     num_positions = stretched.shape[0]
     table.weight = nn.Parameter(stretched, requires_grad=table.weight.requires_grad)
     table.num_embeddings = num_positions
-
-    for name, module in text_encoder.named_modules():
-        if "vision" in name:
-            continue
-        if isinstance(getattr(module, "position_ids", None), torch.Tensor):
-            position_ids = torch.arange(num_positions, device=module.position_ids.device).unsqueeze(0)
-            module.register_buffer("position_ids", position_ids, persistent=False)
+    reset_position_ids(text_encoder)
 
     config = text_encoder.config
     text_config = getattr(config, "text_config", config)

@@ -10,8 +10,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from . import checkpoints
 from .positions import stretch_text_encoder
-from .tokenizer import END_OF_TEXT, START_OF_TEXT, VOCAB_SIZE, load_tokenizer
+from .tokenizer import load_tokenizer
 
 
 def clip_text_config(
@@ -23,9 +24,8 @@ def clip_text_config(
     max_position_embeddings: int = 77,
     hidden_act: str = "quick_gelu",
 ) -> CLIPTextConfig:
-    """A CLIP text config with the real vocabulary size, so the real tokenizer's ids fit."""
-    return CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
+    """A tiny CLIP text config (the core's :func:`~longclip_diffusion.checkpoints.clip_text_config`, small defaults)."""
+    return checkpoints.clip_text_config(
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
@@ -33,9 +33,6 @@ def clip_text_config(
         projection_dim=projection_dim,
         max_position_embeddings=max_position_embeddings,
         hidden_act=hidden_act,
-        bos_token_id=START_OF_TEXT,
-        eos_token_id=END_OF_TEXT,
-        pad_token_id=0,
     )
 
 

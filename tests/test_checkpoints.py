@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -135,17 +136,24 @@ def test_random_sizes_match_independent_forward(tmp_path, width, layers, positio
     torch.testing.assert_close(output.text_embeds, pooled, **TOLERANCE)
 
 
-def test_diffusers_folder_loads_with_plain_from_pretrained(tmp_path, reference, reference_checkpoint):
+def test_diffusers_folder_loads_with_plain_from_pretrained(tmp_path, reference, reference_checkpoint, capfd):
     convert(reference_checkpoint, tmp_path / "converted")
-    assert_matches_reference(CLIPTextModel.from_pretrained(tmp_path / "converted" / "text_encoder"), reference)
-    with_projection = CLIPTextModelWithProjection.from_pretrained(tmp_path / "converted" / "text_encoder")
-    assert_matches_reference(with_projection, reference)
+    capfd.readouterr()
+    # SD 1.x's text_encoder layout: a CLIPTextModel without projection, so plain transformers loads it silently
+    text_encoder, info = CLIPTextModel.from_pretrained(tmp_path / "converted" / "text_encoder", output_loading_info=True)
+    assert not any(info.values()), info
+    assert "LOAD REPORT" not in "".join(capfd.readouterr())
+    assert json.loads((tmp_path / "converted" / "text_encoder" / "config.json").read_text())["architectures"] == ["CLIPTextModel"]
+    with torch.no_grad():
+        hidden = text_encoder(reference["input_ids"]).last_hidden_state
+    torch.testing.assert_close(hidden, reference["last_hidden_state"], **TOLERANCE)
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "converted" / "tokenizer")
     assert tokenizer.model_max_length == 248
     assert (tmp_path / "converted" / "tokenizer" / "vocab.json").exists()
     assert tokenizer("a cat").input_ids == tokenize("a cat")[0, :4].tolist()
-    # our own loader reads the folder too (whole folder or the text_encoder subfolder)
-    assert_matches_reference(load_text_encoder(tmp_path / "converted", with_projection=True), reference)
+    # our own loader reads the folder too (whole folder or the text_encoder subfolder), the same way
+    for source in (tmp_path / "converted", tmp_path / "converted" / "text_encoder"):
+        assert_matches_reference(load_text_encoder(source), reference)
 
 
 def test_comfy_file_layout_and_round_trip(tmp_path, reference, reference_checkpoint):
@@ -208,8 +216,8 @@ def test_convert_is_atomic(tmp_path, reference_checkpoint, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("longclip_diffusion.checkpoints.save_file", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        convert(reference_checkpoint, destination)
+    with pytest.raises(OSError, match=f"could not write {destination}: disk full"):
+        convert(reference_checkpoint, destination, overwrite=True)
     assert destination.read_bytes() == b"previous"
     assert list(tmp_path.iterdir()) == [destination]
 

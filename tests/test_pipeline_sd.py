@@ -157,14 +157,15 @@ def test_textual_inversion_through_the_mixin(pipeline):
 
 
 def test_lora_through_the_mixin():
+    """`lora_scale` reaches the Long-CLIP encoder (0 switches a loaded LoRA off). Files: tests/test_lora.py."""
     pytest.importorskip("peft")
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     pipeline = make_pipeline()
     before, _ = pipeline.encode_prompt(LONG_PROMPT, "cpu", 1, False)
     donor = tiny_sd_components()["text_encoder"]
-    donor.add_adapter(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False), donor)
     pipeline.load_lora_weights({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(donor).items()})
     after, _ = pipeline.encode_prompt(LONG_PROMPT, "cpu", 1, False)
     switched_off, _ = pipeline.encode_prompt(LONG_PROMPT, "cpu", 1, False, lora_scale=0.0)

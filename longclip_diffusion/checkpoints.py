@@ -600,9 +600,20 @@ def _saved_text_config(path: Path) -> CLIPTextConfig | None:
     if saved is None:
         return None
     try:
-        return CLIPTextConfig.from_dict(json.loads(saved))
-    except (ValueError, TypeError, AttributeError) as error:
+        values = json.loads(saved)
+    except ValueError as error:
         raise CheckpointError(f"its `{CONFIG_METADATA_KEY}` metadata is not a CLIP text config ({_first_line(error)}).") from None
+    return _config_from_dict(CLIPTextConfig, values, f"its `{CONFIG_METADATA_KEY}` metadata")
+
+
+def _config_from_dict(config_class: type, values: object, where: str):
+    """A transformers config from user data; any refusal (types, heads that do not divide the width) in one line."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where} is not a CLIP config (a JSON object was expected).")
+    try:
+        return config_class.from_dict(values)
+    except Exception as error:  # ValueError, TypeError, huggingface_hub's validation errors (which vary by version)
+        raise CheckpointError(f"{where} is not a valid {config_class.__name__} ({_first_line(error)}).") from None
 
 
 def _load_folder(folder: Path, model_class: type[PreTrainedModel]) -> PreTrainedModel:
@@ -626,9 +637,10 @@ def _load_folder(folder: Path, model_class: type[PreTrainedModel]) -> PreTrained
         )
     with _naming(str(folder)):
         if model_class is CLIPModel:
-            config = CLIPConfig.from_dict(config_dict)
+            config = _config_from_dict(CLIPConfig, config_dict, str(config_path))
         else:
-            config = CLIPTextConfig.from_dict(config_dict.get("text_config", {}) if model_type == "clip" else config_dict)
+            text_values = config_dict.get("text_config") if model_type == "clip" else config_dict
+            config = _config_from_dict(CLIPTextConfig, text_values, str(config_path))
         state_dict = {}
         for weights in _folder_weight_files(folder):
             state_dict.update(read_state_dict(weights))
@@ -854,8 +866,13 @@ def save_diffusers(
     tokenizer: CLIPTokenizer | None = None,
     *,
     overwrite: bool = False,
+    pad_token_id: int = 0,
 ) -> Path:
     """Write ``directory/text_encoder/`` and ``directory/tokenizer/`` for ``from_pretrained``.
+
+    Without ``tokenizer``, CLIP's tokenizer is written at the encoder's length, padding with ``pad_token_id``: 0 (the
+    default) for a fine-tuned Long-CLIP, as it was trained and as the Long-CLIP pipelines read it; 49407
+    (end-of-text) for a stock CLIP stretched with KPS. Stock diffusers loading the folder then pads the same way.
 
     ``text_encoder/`` keeps the given class and ``config.json`` names it (``architectures``): a ``CLIPTextModel``
     (SD 1.x's and SDXL's ``text_encoder``, no projection) or a ``CLIPTextModelWithProjection`` (SDXL's bigG); so the
@@ -869,6 +886,7 @@ def save_diffusers(
         text_encoder = load_text_encoder(text_encoder)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_max_length=_num_positions(text_encoder))
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
     try:
         with atomic_folder(directory / "text_encoder") as encoder_folder, atomic_folder(directory / "tokenizer") as tokenizer_folder:
             text_encoder.save_pretrained(str(encoder_folder))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,7 @@ from longclip_diffusion.checkpoints import (
     save_diffusers,
     save_openai_file,
 )
+from longclip_diffusion.files import PARTIAL_MARKER, DestinationExistsError
 from longclip_diffusion.tokenizer import tokenize
 
 TOLERANCE = dict(rtol=0, atol=1e-5)
@@ -236,3 +241,88 @@ def test_width_check_names_both_widths_for_models_and_state_dicts():
     check_text_encoder_width(encoder, 32, where="text_encoder")  # fits: no error
     with pytest.raises(CheckpointError, match=r"text_encoder of SDXL: the text encoder is 32 wide but the UNet needs 16"):
         check_text_encoder_width(encoder.state_dict(), 48 - 32, where="text_encoder of SDXL")
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {str(path.relative_to(root)): stat.S_IMODE(path.stat().st_mode) for path in [root, *root.rglob("*")]}
+
+
+def test_written_files_honour_the_umask(tmp_path, reference_checkpoint, umask_022):
+    comfy = convert(reference_checkpoint, tmp_path / "longclip.safetensors")
+    openai = convert(reference_checkpoint, tmp_path / "longclip.pt")
+    folder = convert(reference_checkpoint, tmp_path / "diffusers")
+    assert stat.S_IMODE(comfy.stat().st_mode) == stat.S_IMODE(openai.stat().st_mode) == 0o644
+    written = modes(folder)
+    assert {mode for name, mode in written.items() if (folder / name).is_dir()} == {0o755}
+    assert {mode for name, mode in written.items() if (folder / name).is_file()} == {0o644}
+    assert len(written) > 6  # text_encoder/config.json, model.safetensors, tokenizer files
+
+
+def test_overwrite_replaces_only_what_convert_writes(tmp_path, reference_checkpoint):
+    destination = tmp_path / "out"
+    (destination / "text_encoder").mkdir(parents=True)
+    (destination / "text_encoder" / "old-weights.bin").write_bytes(b"old")
+    (destination / "unet").mkdir()
+    (destination / "unet" / "config.json").write_text("{}")
+    (destination / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(DestinationExistsError, match="--overwrite"):
+        convert(reference_checkpoint, destination)
+    assert (destination / "text_encoder" / "old-weights.bin").read_bytes() == b"old"
+
+    convert(reference_checkpoint, destination, overwrite=True)
+    assert not (destination / "text_encoder" / "old-weights.bin").exists()  # text_encoder/ is ours, replaced whole
+    assert (destination / "unet" / "config.json").read_text() == "{}"
+    assert (destination / "model_index.json").read_text() == '{"_class_name": "StableDiffusionPipeline"}'
+    assert sorted(path.name for path in destination.iterdir()) == ["model_index.json", "text_encoder", "tokenizer", "unet"]
+    assert load_text_encoder(destination).config.max_position_embeddings == 248
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_one(tmp_path, reference_checkpoint):
+    """What ``kill -9`` during a write leaves (a temporary named after a dead pid) goes at the next write there."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    destination = tmp_path / "longclip.safetensors"
+    leftover_file = tmp_path / f".longclip.safetensors{PARTIAL_MARKER}{dead.pid}"
+    leftover_file.write_bytes(b"half of a 500 MB file")
+    leftover_folder = tmp_path / "out" / f".text_encoder{PARTIAL_MARKER}{dead.pid}"
+    leftover_folder.mkdir(parents=True)
+    (leftover_folder / "model.safetensors").write_bytes(b"half")
+    alive = tmp_path / f".longclip.safetensors{PARTIAL_MARKER}{os.getppid()}"  # another run still writing: kept
+    alive.write_bytes(b"in progress")
+
+    convert(reference_checkpoint, destination)
+    convert(reference_checkpoint, tmp_path / "out")
+    assert not leftover_file.exists() and not leftover_folder.exists()
+    assert alive.exists()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["text_encoder", "tokenizer"]
+
+
+def test_state_dict_without_projection_or_with_a_vision_tower_reads_the_text_tower(tmp_path, reference_checkpoint):
+    """The folder loader keeps only what the model needs: a CLIPModel folder gives its text tower, quietly."""
+    load_clip_model(reference_checkpoint).save_pretrained(tmp_path / "clip")
+    text = load_text_encoder(tmp_path / "clip", with_projection=True)
+    reference_model = load_text_encoder(reference_checkpoint, with_projection=True)
+    for key, value in reference_model.state_dict().items():
+        torch.testing.assert_close(text.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_helpers_count_layers_and_build_configs():
+    from longclip_diffusion.checkpoints import attention_heads, clip_text_config, count_layers
+    from longclip_diffusion.tokenizer import END_OF_TEXT, START_OF_TEXT
+
+    state_dict = {f"blocks.{i}.weight": torch.zeros(1) for i in (0, 1, 2)} | {"blocks.2.bias": torch.zeros(1)}
+    assert count_layers(state_dict, "blocks.") == 3
+    with pytest.raises(CheckpointError, match=r"block\(s\) \[1\] missing"):
+        count_layers({k: v for k, v in state_dict.items() if not k.startswith("blocks.1.")}, "blocks.")
+    assert [attention_heads(width) for width in (32, 512, 768, 1280)] == [1, 8, 12, 20]
+    config = clip_text_config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, max_position_embeddings=248)
+    assert (config.num_attention_heads, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        12, START_OF_TEXT, END_OF_TEXT, 0
+    )

@@ -66,3 +66,31 @@ def test_tokens_past_77_change_a_stretched_encoder():
         end_a = encoder(ids_a).last_hidden_state[0, 100:]
         end_b = encoder(ids_b).last_hidden_state[0, 100:]
     assert (end_a - end_b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("with_projection", [False, True])
+def test_an_encoder_that_is_already_long_is_not_stretched_again(with_projection):
+    encoder = stretch_text_encoder(random_text_encoder(clip_text_config(), with_projection=with_projection))
+    table = position_embedding(encoder).weight.detach().clone()
+    with pytest.raises(ValueError, match="already has 248 positions; KPS stretches a 77-position CLIP"):
+        stretch_text_encoder(encoder)
+    assert torch.equal(position_embedding(encoder).weight, table)  # nothing changed
+    assert encoder.config.max_position_embeddings == 248
+    with pytest.raises(ValueError, match="already has 78 positions"):
+        stretch_positions(torch.zeros(78, 4))
+
+
+def test_reset_position_ids_follows_each_table():
+    from transformers import CLIPConfig, CLIPModel
+
+    from longclip_diffusion.positions import reset_position_ids
+
+    text = clip_text_config().to_dict()
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    embeddings = model.text_model.embeddings
+    embeddings.position_embedding = torch.nn.Embedding(100, 32)
+    reset_position_ids(model)
+    assert torch.equal(embeddings.position_ids, torch.arange(100).unsqueeze(0))
+    assert torch.equal(model.vision_model.embeddings.position_ids, torch.arange(17).unsqueeze(0))  # 4×4 patches + class
+    assert "text_model.embeddings.position_ids" not in model.state_dict()

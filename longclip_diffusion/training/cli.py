@@ -12,17 +12,27 @@ import os
 import sys
 import typing
 
-from .config import DATA_FORMATS, TrainConfig, config_fields, flag_name, load_config
+from .config import (
+    DATA_FORMATS,
+    EXPORT_FORMATS,
+    PCM_MODES,
+    PRECISIONS,
+    STRETCH_METHODS,
+    TrainConfig,
+    config_fields,
+    flag_name,
+    load_config,
+)
 
 _HELP = {
     "base_model": "CLIP to start from: OpenAI/Long-CLIP .pt/.safetensors (both towers) or a transformers CLIP folder "
     "(required)",
-    "stretch": "position stretch: kps (Long-CLIP), interpolate (ablation baseline) or none",
+    "stretch": "position stretch: kps (Long-CLIP), interpolate (ablation baseline) or none (keep the length)",
     "keep": "position rows kept (and frozen) as they are",
     "ratio": "stretch ratio of the other rows",
     "logit_scale_init": "logit scale the run starts from (ln 100)",
     "train_data": "ShareGPT4V JSON, JSONL/CSV (image, long_caption[, short_caption]) or .tar shards (required)",
-    "data_format": "auto (from the extension), sharegpt4v, json, jsonl, csv or tar",
+    "data_format": "auto: from the extension",
     "image_root": "folder image paths are relative to (default: each data file's folder)",
     "skip_first": "drop the first N samples (the reference holds out ShareGPT4V's first 1000 for evaluation)",
     "num_workers": "data-loading worker processes",
@@ -41,7 +51,7 @@ _HELP = {
     "beta1": "AdamW beta1",
     "beta2": "AdamW beta2",
     "warmup_steps": "linear warm-up steps before the cosine decay",
-    "precision": "fp32, bf16 (GPU or CPU) or fp16 (GPU, with loss scaling)",
+    "precision": "bf16 runs on GPU or CPU, fp16 on GPU only (with loss scaling)",
     "gradient_checkpointing": "recompute activations in the backward pass to save memory",
     "seed": "seed of the data order and initialisation",
     "output_dir": "run folder: config, metrics, checkpoints, export",
@@ -49,8 +59,12 @@ _HELP = {
     "log_every": "log metrics every N steps",
     "resume": "a checkpoint file, or 'auto': output_dir/checkpoint-latest.pt, falling back to checkpoint-previous.pt "
     "when the latest cannot be read, starting afresh when there is none",
-    "export": "formats written to output_dir/export: openai diffusers transformers comfy",
+    "export": "formats written to output_dir/export: openai, diffusers, transformers, comfy",
     "progress": "show a progress bar",
+}
+_CHOICES = {
+    "stretch": STRETCH_METHODS, "pcm": PCM_MODES, "precision": PRECISIONS, "data_format": DATA_FORMATS,
+    "export": EXPORT_FORMATS,
 }
 
 
@@ -63,10 +77,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind == list[str]:
-            parser.add_argument(flag_name(field.name), nargs="+", default=None, help=help_text)
+            parser.add_argument(
+                flag_name(field.name), nargs="+", default=None, choices=_CHOICES.get(field.name),
+                metavar=field.name.upper().removesuffix("S"), help=help_text,
+            )
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag_name(field.name), type=base, default=None, help=help_text)
+            parser.add_argument(
+                flag_name(field.name), type=base, default=None, choices=_CHOICES.get(field.name), help=help_text
+            )
 
 
 def _default_note(field: dataclasses.Field) -> str:
@@ -83,15 +102,21 @@ def _default_note(field: dataclasses.Field) -> str:
     return f" (default: {default})"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which may be swapped after the handler is made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _show_messages() -> None:
     """Print the training modules' log messages (resume step, skipped samples, summary) on stderr, rank 0 only."""
     training_logger = logging.getLogger(__package__)
-    if any(getattr(handler, "_longclip", False) for handler in training_logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    handler._longclip = True  # type: ignore[attr-defined]
-    training_logger.addHandler(handler)
+    if not any(isinstance(handler, _StderrHandler) for handler in training_logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        training_logger.addHandler(handler)
     training_logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.ERROR)
 
 

@@ -95,12 +95,12 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise CheckpointError(f"checkpoint {path} cannot be unpickled ({_first_line(error)}); is it damaged?") from None
-        raise CheckpointError(
-            f"refused to unpickle code in {path}: a training checkpoint holds only tensors and plain values; "
-            "resume from a checkpoint written by longclip train"
-        ) from None
+        if "global" in str(error).lower():  # weights_only met a class or function: code we never run
+            raise CheckpointError(
+                f"refused to unpickle code in {path}: a training checkpoint holds only tensors and plain values; "
+                "resume from a checkpoint written by longclip train"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch file (unpickling failed); resume from another one") from None
     except Exception as error:  # torch.load raises RuntimeError, EOFError, KeyError… for damaged files
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a torch file ({type(error).__name__}: {_first_line(error)}); "
@@ -406,6 +406,8 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
 
     # everything that can be checked cheaply comes before the model is loaded
     config.check_inputs()
+    if config.resume not in ("", "auto"):
+        read_checkpoint(config.resume, mmap=True)
     export_dir = Path(config.output_dir) / "export"
     check_export_destination(export_dir, config.export)
     dataset = load_dataset(  # the image size is the model's, set once it is read

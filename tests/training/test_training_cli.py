@@ -74,3 +74,33 @@ def test_train_under_torchrun_with_two_processes(tmp_path):
     assert state["world_size"] == 2 and state["step"] == 2
     assert (output / "export" / "longclip.pt").is_file()
     assert finished.stdout.count("openai: ") == 1  # rank 0 alone exports and reports
+
+
+def test_train_help_shows_only_real_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for empty in ("(default: None)", "(default: )", "(default: [])", "(default: ''"):
+        assert empty not in text
+    assert "(default: 1e-06)" in text and "(default: openai diffusers transformers comfy)" in text
+    assert "--max-bad-fraction" in text and "(default: 0.01)" in text
+
+
+def test_resume_auto_says_which_step_and_file(tmp_path, capsys):
+    config, _ = write_run(tmp_path, 16, extra="export: [openai]\n")
+    output = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--max-steps", "1", "--output-dir", str(output)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--max-steps", "2", "--output-dir", str(output), "--resume", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert f"INFO: resumed from step 1 ({output / 'checkpoint-latest.pt'})" in err
+    assert "INFO: data: 0 of 16 samples skipped when read" in err
+    assert torch.load(output / "checkpoint-previous.pt", weights_only=True)["step"] == 1
+
+
+def test_eval_shows_a_progress_bar_on_stderr(tmp_path, capsys):
+    from longclip_diffusion.training.evaluate import encode_images_and_texts
+
+    dataset = synthetic.SyntheticDataset(synthetic.make_scenes(6, seed=1), image_size=32)
+    encode_images_and_texts(synthetic.tiny_clip(image_size=32, layers=1), dataset, batch_size=2, progress=True)
+    captured = capsys.readouterr()
+    assert "eval" in captured.err and "3/3" in captured.err and captured.out == ""

@@ -192,6 +192,15 @@ def _check_device(device: str | None) -> tuple[str, object]:
     return pick_device_and_dtype(device)
 
 
+def _fill_size(pipeline, height: int | None, width: int | None) -> tuple[int | None, int | None]:
+    """Only one side given: the other stays at the model's native size (diffusers' SD pipelines would ignore both)."""
+    if (height is None) == (width is None):
+        return height, width
+    sample_size = getattr(pipeline, "default_sample_size", None) or pipeline.unet.config.sample_size
+    native_height, native_width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+    return height or native_height * pipeline.vae_scale_factor, width or native_width * pipeline.vae_scale_factor
+
+
 def generate(args: argparse.Namespace) -> None:
     """Text to image with a Long-CLIP pipeline (SD 1.x/2.x, SDXL; the family is read from a local base folder)."""
     from .sources import resolve_source
@@ -217,13 +226,14 @@ def generate(args: argparse.Namespace) -> None:
     if hasattr(pipeline, "safety_checker") and args.no_safety_checker:
         pipeline.safety_checker = None
     pipeline = pipeline.to(device)
+    height, width = _fill_size(pipeline, args.height, args.width)
     pixels = pipeline(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
-        height=args.height,
-        width=args.width,
+        height=height,
+        width=width,
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
         output_type="np",
     ).images

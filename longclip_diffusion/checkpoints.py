@@ -567,8 +567,8 @@ def load_text_encoder(
     model_class = _text_model_class(with_projection)
     if isinstance(source, nn.Module):
         model = source if isinstance(source, model_class) else _rebuild(source, model_class)
-    elif Path(source).is_file():
-        model = _load_text_file(Path(source), model_class, keep)
+    elif Path(source).expanduser().is_file():
+        model = _load_text_file(Path(source).expanduser(), model_class, keep)
     else:
         model = _load_pretrained(source, model_class, subfolder, keep)
     return model.to(torch_dtype) if torch_dtype is not None else model
@@ -677,10 +677,12 @@ def _load_pretrained(
     if folder.is_dir():
         if subfolder is not None:
             folder = folder / subfolder
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder}: no such folder (subfolder {subfolder!r}).")
         elif not (folder / "config.json").exists() and (folder / "text_encoder" / "config.json").exists():
             folder = folder / "text_encoder"
         if not (folder / "config.json").is_file():
-            weights = sorted(path.name for path in folder.glob("*") if path.suffix in _WEIGHT_SUFFIXES) if folder.is_dir() else []
+            weights = sorted(path.name for path in folder.glob("*") if path.suffix in _WEIGHT_SUFFIXES)
             hint = f" (it holds {', '.join(weights[:3])}: pass that file instead)" if weights else ""
             raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json){hint}; {_EXPECTED}.")
         return _load_folder(folder, model_class)

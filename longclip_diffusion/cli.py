@@ -146,7 +146,7 @@ def _pick_family(args: argparse.Namespace, base: Path | str | None) -> str:
         raise CommandError(f"--sdxl and --family {args.family} disagree; give one of them.")
     if detected and asked and detected != asked:
         raise CommandError(
-            f"--base {args.base} is a {FAMILY_NAMES[detected]} model (model_index.json), but "
+            f"--base {args.base} is a model of the {FAMILY_NAMES[detected]} family (model_index.json), but "
             f"{'--sdxl' if args.sdxl else '--family ' + asked} asks for {FAMILY_NAMES[asked]}; "
             f"use --family {detected} (or leave it out)."
         )
@@ -212,8 +212,8 @@ def generate(args: argparse.Namespace) -> None:
     long_clip = args.long_clip
     if long_clip not in ("stretch", "none"):
         long_clip = str(resolve_source(long_clip, "--long-clip"))
-    pipeline_class = _pipeline_class(family)
     device, dtype = _check_device(args.device)
+    pipeline_class = _pipeline_class(family)
 
     import numpy as np
     import torch

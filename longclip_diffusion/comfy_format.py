@@ -59,12 +59,16 @@ def square_projection(state_dict: dict[str, torch.Tensor], prefix: str = "") -> 
 
 
 def text_model_config(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, int]:
-    """The shape keys of ComfyUI's CLIP text config, read from a ``text_model.*`` state dict (heads = width / 64)."""
+    """The shape keys of ComfyUI's CLIP text config, read from a ``text_model.*`` state dict.
+
+    Heads and layers are counted by the core's :func:`~longclip_diffusion.checkpoints.attention_heads` (width / 64)
+    and :func:`~longclip_diffusion.checkpoints.count_layers`, as when the core reads such a file.
+    """
     layers = prefix + "text_model.encoder.layers."
     width = state_dict[prefix + TABLE].shape[1]
     return {
         "hidden_size": width,
-        "num_attention_heads": width // 64,
+        "num_attention_heads": checkpoints.attention_heads(width),
         "intermediate_size": state_dict[layers + "0.mlp.fc1.weight"].shape[0],
         "num_hidden_layers": checkpoints.count_layers(state_dict, layers),
         "max_position_embeddings": state_dict[prefix + TABLE].shape[0],

@@ -79,12 +79,26 @@ class Skipped:
 
 
 def _text_problem(value: object, name: str) -> str | None:
-    """Why ``value`` cannot be a caption, or ``None`` when it can."""
+    """Why ``value`` cannot be a caption (``name`` says which one), or ``None`` when it can."""
+    if value is None:
+        return f"{name} is missing"
     if not isinstance(value, str):
-        return f"'{name}' is {type(value).__name__} {str(value)[:40]!r}, not text"
+        return f"{name} is {type(value).__name__} {str(value)[:40]!r}, not text"
     if not value.strip():
-        return f"'{name}' is empty"
+        return f"{name} is empty"
     return None
+
+
+def _record(where: str, image: str, long_caption: object, long_name: str, short_caption: object, label: str = "") -> Record | Skipped:
+    """A checked record: the long caption must be text; a short caption, when given, too (else the default)."""
+    problem = _text_problem(long_caption, long_name) or (
+        _text_problem(short_caption, "'short_caption'") if short_caption not in (None, "") else None
+    )
+    if problem:
+        return Skipped(where, problem)
+    long_caption = long_caption.strip()
+    short_caption = (short_caption or "").strip() or short_caption_of(long_caption)
+    return Record(image, long_caption, short_caption, label, where)
 
 
 def _resolve(image: str, image_root: str) -> str:
@@ -97,7 +111,7 @@ def _from_mapping(item: object, where: str, image_root: str) -> Record | Skipped
         return Skipped(where, f"expected an object with 'image' and a caption, found {type(item).__name__}")
     if "image" not in item:
         return Skipped(where, f"no 'image' field (fields: {', '.join(sorted(map(str, item))) or 'none'})")
-    problem = _text_problem(item["image"], "image")
+    problem = _text_problem(item["image"], "'image'")
     if problem:
         return Skipped(where, problem)
     image = _resolve(item["image"], image_root)
@@ -115,15 +129,10 @@ def _from_mapping(item: object, where: str, image_root: str) -> Record | Skipped
         if name is None:
             return Skipped(where, "has neither 'long_caption' nor 'caption' (nor a 'label')")
         long_caption = item[name]
-    short_caption = item.get("short_caption")
-    problem = _text_problem(long_caption, name) or (
-        _text_problem(short_caption, "short_caption") if short_caption not in (None, "") else None
-    )
-    if problem:
-        return Skipped(where, problem)
-    if not Path(image).is_file():
+    record = _record(where, image, long_caption, f"'{name}'", item.get("short_caption"), label)
+    if isinstance(record, Record) and not Path(image).is_file():
         return Skipped(where, f"image {image} does not exist (check --image-root and the paths in the file)")
-    return Record(image, long_caption.strip(), short_caption or short_caption_of(long_caption.strip()), label, where)
+    return record
 
 
 def _tar_members(path: Path, archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -180,24 +189,18 @@ def _tar_records(path: Path) -> list[Record | Skipped]:
                 continue
             try:
                 texts = {e: archive.extractfile(m).read().decode("utf-8") for e, m in captions.items()}
-                meta = json.loads(texts["json"]) if "json" in texts else {"long_caption": texts.get("txt"), "short_caption": texts.get("short.txt")}
+                meta = json.loads(texts["json"]) if "json" in texts else None
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 entries.append(Skipped(where, f"its caption is not UTF-8 text / valid JSON ({error})"))
                 continue
-            if not isinstance(meta, dict):
+            location = f"{path}::{image.offset_data}:{image.size}"
+            if meta is None:
+                entries.append(_record(where, location, texts.get("txt"), "the .txt caption", texts.get("short.txt")))
+            elif not isinstance(meta, dict):
                 entries.append(Skipped(where, f"its .json caption holds {type(meta).__name__}, not an object"))
-                continue
-            long_caption = meta.get("long_caption", meta.get("caption"))
-            short_caption = meta.get("short_caption")
-            problem = _text_problem(long_caption, "long_caption") or (
-                _text_problem(short_caption, "short_caption") if short_caption not in (None, "") else None
-            )
-            if problem:
-                entries.append(Skipped(where, problem))
-                continue
-            long_caption = long_caption.strip()
-            short_caption = (short_caption or "").strip() or short_caption_of(long_caption)
-            entries.append(Record(f"{path}::{image.offset_data}:{image.size}", long_caption, short_caption, "", where))
+            else:
+                name = "long_caption" if "long_caption" in meta else "caption"
+                entries.append(_record(where, location, meta.get(name), f"'{name}' in its .json", meta.get("short_caption")))
     return entries
 
 

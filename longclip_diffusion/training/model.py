@@ -21,7 +21,7 @@ class SplitPositionEmbedding(nn.Module):
     def __init__(self, table: torch.Tensor, keep: int) -> None:
         super().__init__()
         if not 0 <= keep <= table.shape[0]:
-            raise ValueError(f"keep={keep} must lie between 0 and the table length {table.shape[0]}")
+            raise ValueError(f"--keep {keep} must lie between 0 and the position table length {table.shape[0]}")
         self.register_buffer("frozen", table[:keep].detach().clone())
         self.trainable = nn.Parameter(table[keep:].detach().clone())
 

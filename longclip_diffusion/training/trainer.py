@@ -128,7 +128,8 @@ def _first_line(error: BaseException) -> str:
 
 
 class Trainer:
-    """Fine-tunes a ``CLIPModel`` into Long-CLIP on ``dataset`` (items ``(pixels, long caption, short caption)``).
+    """Fine-tunes a ``CLIPModel`` into Long-CLIP on ``dataset`` (items ``(pixels, long caption, short caption)``, and
+    optionally a fourth, the problem of a replaced sample, as :class:`~.data.CaptionDataset` gives).
 
     ``model`` is prepared in place (position stretch, frozen rows, logit scale) as ``config`` says.
     """
@@ -138,7 +139,7 @@ class Trainer:
         self.context = context or current_context()
         self.device = torch.device(f"cuda:{self.context.local_rank}" if torch.cuda.is_available() else "cpu")
         if config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+            raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         torch.manual_seed(config.seed)
         self.model = prepare_for_training(
             model, stretch=config.stretch, keep=config.keep, ratio=config.ratio, logit_scale_init=config.logit_scale_init
@@ -275,7 +276,7 @@ class Trainer:
             ) from None
         self.step = state["step"]
         self.data_counts.update(state.get("data_counts", {}))
-        self._latest_is_ours = path == self.output_dir / CHECKPOINT_NAME
+        self._latest_is_ours = path.resolve() == (self.output_dir / CHECKPOINT_NAME).resolve()
 
     def resume(self) -> None:
         """Apply ``config.resume``: a checkpoint file, or ``auto`` (the latest in ``output_dir``, else the previous one,
@@ -286,7 +287,8 @@ class Trainer:
             path = Path(self.config.resume)
             self._restore(read_checkpoint(path), path)
         else:
-            candidates = [path for path in (self.output_dir / CHECKPOINT_NAME, previous_checkpoint_path(self.output_dir / CHECKPOINT_NAME)) if path.exists()]
+            latest = self.output_dir / CHECKPOINT_NAME
+            candidates = [path for path in (latest, previous_checkpoint_path(latest)) if path.exists()]
             if not candidates:
                 self._say(f"resume auto: no checkpoint in {self.output_dir}, starting at step 0")
                 return

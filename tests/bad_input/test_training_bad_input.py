@@ -81,14 +81,17 @@ def good_row() -> dict:
     return {"image": "a.png", "long_caption": CAPTION}
 
 
-def tar_shard(folder, samples: int = 4, captions: bool = True) -> str:
+def tar_shard(folder, samples: int = 4, captions: bool = True, caption: tuple[str, bytes] | None = None) -> str:
+    """A shard of ``samples`` PNG + .txt pairs; ``caption`` (extension, bytes) replaces the first sample's caption."""
     path = folder / "shard.tar"
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (0, 0, 255)).save(buffer, format="PNG")
     with tarfile.open(path, "w") as archive:
         for index in range(samples):
             files = [(f"s/{index:04d}.png", buffer.getvalue())]
-            if captions:
+            if index == 0 and caption is not None:
+                files.append((f"s/0000.{caption[0]}", caption[1]))
+            elif captions:
                 files.append((f"s/{index:04d}.txt", f"{CAPTION} {index}".encode()))
             for name, data in files:
                 info = tarfile.TarInfo(name)
@@ -215,7 +218,7 @@ CASES = [
     E("data", lambda f, g, d: (jsonl(f, {"image": "a.png", "caption": 42}), {}),
       (ValueError, "'caption' is int '42', not text"), id="data-number-caption"),
     E("data", lambda f, g, d: (jsonl(f, {"image": "a.png", "long_caption": None}), {}),
-      (ValueError, "'long_caption' is NoneType"), id="data-null-caption"),
+      (ValueError, "'long_caption' is missing"), id="data-null-caption"),
     E("data", lambda f, g, d: (jsonl(f, {"image": "a.png", "long_caption": ["a", "b"]}), {}),
       (ValueError, "'long_caption' is list"), id="data-list-caption"),
     E("data", lambda f, g, d: (jsonl(f, {"image": "a.png", "long_caption": CAPTION, "short_caption": 7}), {}),
@@ -247,6 +250,14 @@ CASES = [
     E("data", lambda f, g, d: ([write(f, "z.tar", b"")], {}), (ValueError, "not an uncompressed tar archive"), id="data-tar-zero-bytes"),
     E("data", lambda f, g, d: ([tar_shard(f, captions=False)], {}),
       (ValueError, "member 's/0000.png': an image without a .txt or .json caption"), id="data-tar-image-without-caption"),
+    E("data", lambda f, g, d: ([tar_shard(f, caption=("txt", b"  \n"))], {}),
+      (ValueError, "member 's/0000.png': the .txt caption is empty"), id="data-tar-empty-caption"),
+    E("data", lambda f, g, d: ([tar_shard(f, caption=("txt", b"caf\xe9"))], {}),
+      (ValueError, "member 's/0000.png': its caption is not UTF-8 text"), id="data-tar-latin1-caption"),
+    E("data", lambda f, g, d: ([tar_shard(f, caption=("json", b'{"caption": 3}'))], {}),
+      (ValueError, "'caption' in its .json is int"), id="data-tar-json-number-caption"),
+    E("data", lambda f, g, d: ([tar_shard(f, caption=("json", b'{"long_caption": "a cat", "short_caption": "cat"}'))], {}),
+      lambda dataset: dataset.records[0].short_caption == "cat" and len(dataset) == 4, id="data-tar-json-captions"),
     E("data", lambda f, g, d: (jsonl(f, *[good_row()] * 99, {"image": "a.png", "caption": 5}), {"max_bad_fraction": 0.01}),
       lambda dataset: len(dataset) == 99 and len(dataset.skipped) == 1 and dataset.total == 100, id="data-1-bad-in-100-is-skipped"),
     E("data", lambda f, g, d: (jsonl(f, *[good_row()] * 98, *[{"image": "a.png"}] * 2), {"max_bad_fraction": 0.01}),

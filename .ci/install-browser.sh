@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs a headless browser for the demo's browser test:
-# Debian's chromium (apt) and Playwright's Python client (PyPI).
+# Debian's chromium (apt) and Playwright's Python client (PyPI), into PYTHON's environment.
 # No browser download: Playwright is pointed at /usr/bin/chromium.
 # Idempotent: each part is skipped when it is already there.
 set -euo pipefail
@@ -19,10 +19,12 @@ else
     $SUDO apt-get install -y chromium
 fi
 
-PYTHON="${PYTHON:-python}"
+# Playwright goes into the Python that runs the tests: PYTHON (e.g. a venv's bin/python), else python3 on PATH.
+PYTHON="${PYTHON:-python3}"
 if "$PYTHON" -c "import playwright.sync_api" >/dev/null 2>&1; then
-    echo "install-browser: playwright already installed"
+    echo "install-browser: playwright already installed in $PYTHON"
 else
-    echo "install-browser: installing the playwright Python package"
+    echo "install-browser: installing the playwright Python package into $PYTHON"
     "$PYTHON" -m pip install --quiet playwright
+    "$PYTHON" -c "import playwright.sync_api"
 fi

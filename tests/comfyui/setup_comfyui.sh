@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Recreate a ComfyUI checkout and its venv from the fetched bare mirror, for tests/comfyui.
+# A ComfyUI checkout and a venv for it with this repository installed, for tests/comfyui.
 #
 #   bash tests/comfyui/setup_comfyui.sh [MIRROR] [CHECKOUT] [VENV]
 #
-# Defaults: MIRROR=/work/.mirror/Comfy-Org+ComfyUI/repo  CHECKOUT=/work/comfyui  VENV=/work/comfyui-venv
-# (or LONGCLIP_COMFYUI_MIRROR / LONGCLIP_COMFYUI_PATH / LONGCLIP_COMFYUI_VENV).
-# Exits 0 with a message, doing nothing, when the mirror is absent. Afterwards run the tests with
-#   LONGCLIP_COMFYUI_PATH=$CHECKOUT LONGCLIP_COMFYUI_PYTHON=$VENV/bin/python pytest tests/comfyui
+# MIRROR    a ComfyUI git repository (bare or not) to check out from      (LONGCLIP_COMFYUI_MIRROR)
+# CHECKOUT  where ComfyUI is; used as it is when it already has main.py  (LONGCLIP_COMFYUI_PATH)
+# VENV      ComfyUI's venv; made when absent                              (LONGCLIP_COMFYUI_VENV)
+# PYTHON    the interpreter the venv is made from (default python3)
+# Arguments win over the variables; the fallbacks are this project's workplace paths (/work/...). Nothing of ComfyUI is
+# ever committed here. Exits 0 with a message, doing nothing, when there is neither a checkout nor a mirror.
+# Every run installs ComfyUI's requirements and this checkout (editable, with all its dependencies) into the venv, and
+# then checks from another folder that the installed library imports. Afterwards:
+#   LONGCLIP_COMFYUI_PATH=$CHECKOUT LONGCLIP_COMFYUI_PYTHON=$VENV/bin/python python -m pytest tests/comfyui
 set -euo pipefail
 
 MIRROR=${1:-${LONGCLIP_COMFYUI_MIRROR:-/work/.mirror/Comfy-Org+ComfyUI/repo}}
 CHECKOUT=${2:-${LONGCLIP_COMFYUI_PATH:-/work/comfyui}}
 VENV=${3:-${LONGCLIP_COMFYUI_VENV:-/work/comfyui-venv}}
 REPO_ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PYTHON=${PYTHON:-python3.11}
+PYTHON=${PYTHON:-python3}
 
-if ! git --git-dir="$MIRROR" rev-parse --verify -q HEAD >/dev/null 2>&1; then
-  echo "setup_comfyui: no ComfyUI mirror at $MIRROR; nothing to do (ComfyUI tests will skip)."
-  exit 0
-fi
-
-# 1. Checkout, file by file (the snapshot lacks some large blobs; those are skipped).
+# 1. Checkout, file by file from the mirror's HEAD (a fetched snapshot may lack some large blobs; those are skipped).
 if [[ ! -f "$CHECKOUT/main.py" ]]; then
+  [[ -d "$MIRROR/.git" ]] && MIRROR=$MIRROR/.git
+  if ! git --git-dir="$MIRROR" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+    echo "setup_comfyui: no ComfyUI checkout at $CHECKOUT and no mirror at $MIRROR; nothing to do (ComfyUI tests will skip)."
+    exit 0
+  fi
   mkdir -p "$CHECKOUT"
   missing=0
   while IFS=$'\t' read -r meta path; do
@@ -38,18 +43,20 @@ if [[ ! -f "$CHECKOUT/main.py" ]]; then
   echo "setup_comfyui: checked out $(cat "$CHECKOUT/.mirror-commit") into $CHECKOUT ($missing blobs missing, skipped)"
 fi
 
-# 2. Venv: CPU torch, ComfyUI's requirements minus the packages that pull another torch build.
+# 2. Venv: the README's CPU torch, ComfyUI's requirements minus the packages that pull another torch build.
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import torch, aiohttp, safetensors, torchsde" 2>/dev/null; then
-  "$VENV/bin/pip" install -q torch==2.13.0
-  grep -vEi '^(torch|torchvision|torchaudio|kornia|spandrel)([<>=~! ;\[]|$)' "$CHECKOUT/requirements.txt" \
-    | grep -vE '^\s*(#|$)' >"$VENV/requirements-comfyui.txt"
-  "$VENV/bin/pip" install -q -r "$VENV/requirements-comfyui.txt" torchsde requests pydantic-settings
-fi
-# 3. Our library (editable), once its pyproject.toml exists.
-if [[ -f "$REPO_ROOT/pyproject.toml" ]] && ! "$VENV/bin/python" -c "import longclip_diffusion" 2>/dev/null; then
-  "$VENV/bin/pip" install -q -e "$REPO_ROOT"  # torch==2.13.0 is already there, so no other torch build is pulled
+grep -vEi '^(torch|torchvision|torchaudio|kornia|spandrel)([<>=~! ;\[]|$)' "$CHECKOUT/requirements.txt" \
+  | grep -vE '^\s*(#|$)' >"$VENV/requirements-comfyui.txt"
+"$VENV/bin/python" -m pip install -q torch==2.13.0 -r "$VENV/requirements-comfyui.txt" torchsde requests pydantic-settings
+
+# 3. This checkout, always (a check like `python -c "import longclip_diffusion"` run from the repository passes on the
+#    source folder alone, without the dependencies). torch==2.13.0 is already there, so no other torch build comes.
+"$VENV/bin/python" -m pip install -q -e "$REPO_ROOT"
+installed=$(cd / && "$VENV/bin/python" -c "import ftfy, longclip_diffusion.pipelines as p; print(p.__file__)")
+if [[ "$installed" != "$REPO_ROOT"/* ]]; then
+  echo "setup_comfyui: ComfyUI's venv imports longclip_diffusion from $installed, not from $REPO_ROOT" >&2
+  exit 1
 fi
 echo "setup_comfyui: ready. LONGCLIP_COMFYUI_PATH=$CHECKOUT LONGCLIP_COMFYUI_PYTHON=$VENV/bin/python"

@@ -145,9 +145,9 @@ def check_text_encoder_width(
     width = text_encoder_width(text_encoder)
     if width != expected_width:
         raise CheckpointError(
-            f"{where}: the text encoder is {width} wide but the UNet needs {expected_width} "
-            f"(its cross_attention_dim); use a Long-CLIP of the base's own CLIP size (Long-CLIP-L: 768 for SD 1.x "
-            "and SDXL's text_encoder; a 1280-wide bigG for SDXL's text_encoder_2)."
+            f"{where}: the text encoder is {width} wide but the model reads {expected_width} (the UNet's "
+            "cross_attention_dim, or this encoder's share of it); use a Long-CLIP of the base's own CLIP size "
+            "(Long-CLIP-L: 768 for SD 1.x and SDXL's text_encoder; a 1280-wide bigG for SDXL's text_encoder_2)."
         )
 
 

@@ -239,7 +239,7 @@ def test_width_check_names_both_widths_for_models_and_state_dicts():
     encoder = random_text_encoder(clip_text_config(hidden_size=32), long=True)
     assert text_encoder_width(encoder) == text_encoder_width({f"clip_l.{k}": v for k, v in encoder.state_dict().items()}) == 32
     check_text_encoder_width(encoder, 32, where="text_encoder")  # fits: no error
-    with pytest.raises(CheckpointError, match=r"text_encoder of SDXL: the text encoder is 32 wide but the UNet needs 16"):
+    with pytest.raises(CheckpointError, match=r"text_encoder of SDXL: the text encoder is 32 wide but the model reads 16"):
         check_text_encoder_width(encoder.state_dict(), 48 - 32, where="text_encoder of SDXL")
 
 

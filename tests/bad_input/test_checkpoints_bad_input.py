@@ -428,8 +428,8 @@ CASES = [
     pytest.param(restretch_comfy_clip, ValueError, "clip_l: The position table already has 248 positions", id="restretch-comfy-clip"),
     pytest.param(restretch_cli, SystemExit, "2", id="restretch-cli"),
     # Model mismatches
-    pytest.param(width_mismatch, CheckpointError, "text_encoder of SD 1.5: the text encoder is 32 wide but the UNet needs 768", id="width-mismatch-sd15"),
-    pytest.param(width_mismatch_state_dict, CheckpointError, "is 32 wide but the UNet needs 768", id="width-mismatch-sdxl-clip-l"),
+    pytest.param(width_mismatch, CheckpointError, "text_encoder of SD 1.5: the text encoder is 32 wide but the model reads 768", id="width-mismatch-sd15"),
+    pytest.param(width_mismatch_state_dict, CheckpointError, "is 32 wide but the model reads 768", id="width-mismatch-sdxl-clip-l"),
 ]
 
 

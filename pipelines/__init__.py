@@ -6,7 +6,16 @@ only what differs and registers itself when imported here.
 
 from ..prompts import encode_windows  # moved to the core; kept importable here
 from .core import apply_long_clip
+from .flux import LongCLIPFluxPipeline
 from .stable_diffusion import LongCLIPStableDiffusionPipeline
+from .stable_diffusion_3 import LongCLIPStableDiffusion3Pipeline
 from .stable_diffusion_xl import LongCLIPStableDiffusionXLPipeline
 
-__all__ = ["LongCLIPStableDiffusionPipeline", "LongCLIPStableDiffusionXLPipeline", "apply_long_clip", "encode_windows"]
+__all__ = [
+    "LongCLIPFluxPipeline",
+    "LongCLIPStableDiffusion3Pipeline",
+    "LongCLIPStableDiffusionPipeline",
+    "LongCLIPStableDiffusionXLPipeline",
+    "apply_long_clip",
+    "encode_windows",
+]

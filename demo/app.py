@@ -10,27 +10,22 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from longclip_diffusion import defaults
+
+from .access import NO_FILE, AllowedModels, is_local_only
 from .errors import DemoInputError, ModelLoadError, friendly_error
 from .examples import EXAMPLES
-from .models import (
-    LONG_CLIP_L,
-    SD15_BASE,
-    SDXL_BASE,
-    EmbeddingCache,
-    ModelCache,
-    ModelLoader,
-    ModelSpec,
-    encode,
-    load_models,
-)
-from .tokens import CLIP_LIMIT, LONG_CLIP_LIMIT, token_counter_html
+from .models import EmbeddingCache, ModelCache, ModelLoader, ModelSpec, encode, load_models
+from .tokens import CLIP_LIMIT, LONG_CLIP_LIMIT, cap_prompt, token_counter_html
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +33,10 @@ MAX_SEED = 2**32 - 1
 SD15 = "SD 1.5"
 SDXL = "SDXL"
 FAMILIES = (SD15, SDXL)
+FAMILY_KEYS = {SD15: "sd15", SDXL: "sdxl"}  # the page's labels -> longclip_diffusion.defaults' family keys
+FAMILY_NAMES = {"sd15": SD15, "sdxl": SDXL, "sd3": "SD3", "flux": "Flux"}
 DEFAULT_SIZE = {SD15: 512, SDXL: 1024}
-DEFAULT_BASE = {SD15: SD15_BASE, SDXL: SDXL_BASE}
+DEFAULT_BASE = {family: defaults.DEFAULT_BASE[key] for family, key in FAMILY_KEYS.items()}
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -58,6 +55,7 @@ CSS = """
 #status .status { padding: 0.5em 0.75em; border-radius: 6px; }
 #status .status.ok { background: rgba(34, 197, 94, 0.12); }
 #status .status.error { background: rgba(239, 68, 68, 0.15); color: #991b1b; font-weight: 600; }
+#status .status .note, #token-counter .token-note { color: #b45309; font-weight: 600; }
 """
 
 
@@ -68,28 +66,61 @@ class GenerationResult:
     seed: int | None
     ok: bool
     message: str
+    notes: tuple[str, ...] = ()  # what the visitor should know about a run that worked (e.g. the prompt was cut)
 
     @property
     def status_html(self) -> str:
         kind = "ok" if self.ok else "error"
         role = "status" if self.ok else "alert"
-        return f"<div class='status {kind}' role='{role}'>{html.escape(self.message)}</div>"
+        notes = "".join(f"<div class='note'>{html.escape(note, quote=False)}</div>" for note in self.notes)
+        return f"<div class='status {kind}' role='{role}'>{html.escape(self.message, quote=False)}{notes}</div>"
 
 
 def _family_is_sdxl(family: str) -> bool:
     if family not in FAMILIES:
-        raise DemoInputError(f"Unknown model family {family!r}: choose {SD15} or {SDXL}.")
+        raise DemoInputError(f"Unknown model family {_shown(family)}: choose {SD15} or {SDXL}.")
     return family == SDXL
 
 
 def _checked_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise DemoInputError(f"{name} must be a number, got {value!r}.")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise DemoInputError(f"{name} must be a number, got {value!r}.") from None
-    if number != int(number) or not low <= number <= high:
-        raise DemoInputError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    except (TypeError, ValueError, OverflowError):
+        raise DemoInputError(f"{name} must be a number, got {_shown(value)}.") from None
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise DemoInputError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}.")
     return int(number)
+
+
+def _checked_text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DemoInputError(f"{name} must be text, got {type(value).__name__} {_shown(value)}.")
+    return value
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, shortened: a message must stay one readable line whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _prompt_notes(prompt: str, tokenizer: Any) -> list[str]:
+    """A note when Long-CLIP does not read the whole (already character-capped) prompt."""
+    from longclip_diffusion.prompt_syntax import count_tokens
+
+    counted = count_tokens(prompt, limit=LONG_CLIP_LIMIT, tokenizer=tokenizer)
+    if not counted.dropped_text:
+        return []
+    dropped = " ".join(counted.dropped_text.split())
+    dropped = dropped if len(dropped) <= 60 else dropped[:59] + "…"
+    return [
+        f"The prompt is {counted.num_tokens} tokens; Long-CLIP reads the first {LONG_CLIP_LIMIT}, so it did not "
+        f"read: “{dropped}”."
+    ]
 
 
 class DemoBackend:
@@ -102,10 +133,12 @@ class DemoBackend:
         tokenizer: Any = None,
         max_models: int = 1,
         embedding_cache_size: int = 32,
+        allowed_models: AllowedModels | None = None,
     ):
         self.models = ModelCache(model_loader or load_models, max_models=max_models)
         self.embeddings = EmbeddingCache(embedding_cache_size)
         self.tokenizer = tokenizer
+        self.allowed = allowed_models or AllowedModels()
         # Pipelines keep per-run state (scheduler timesteps): one generation at a time, whatever the
         # Gradio queue's concurrency says.
         self._generation_lock = threading.Lock()
@@ -113,7 +146,7 @@ class DemoBackend:
     # -- token counter ---------------------------------------------------------------------
     def count(self, prompt: str) -> str:
         try:
-            return token_counter_html(prompt, tokenizer=self.tokenizer)
+            return token_counter_html(_checked_text(prompt, "Prompt"), tokenizer=self.tokenizer)
         except Exception as exc:  # the counter must never break the page
             logger.exception("token counter failed")
             return f"<div class='token-counter error'>{html.escape(friendly_error(exc))}</div>"
@@ -154,8 +187,8 @@ class DemoBackend:
         width: Any = 512,
         height: Any = 512,
         family: str = SD15,
-        base: str = SD15_BASE,
-        long_clip: str = LONG_CLIP_L,
+        base: str = DEFAULT_BASE[SD15],
+        long_clip: str = defaults.DEFAULT_LONG_CLIP,
         compare: bool = True,
         progress: Callable[..., Any] | None = None,
     ) -> GenerationResult:
@@ -164,10 +197,15 @@ class DemoBackend:
         used_seed = None
         spec = None
         try:
-            prompt = (prompt or "").strip()
-            negative_prompt = (negative_prompt or "").strip()
+            # Cut huge prompts first: nothing below (counting, encoding, the cache key) sees more than the cap.
+            prompt, prompt_note = cap_prompt(_checked_text(prompt, "Prompt"))
+            negative_prompt, negative_note = cap_prompt(
+                _checked_text(negative_prompt, "Negative prompt"), "negative prompt"
+            )
+            prompt, negative_prompt = prompt.strip(), negative_prompt.strip()
             if not prompt:
                 raise DemoInputError("Type a prompt first.")
+            notes = [note for note in (prompt_note, negative_note) if note]
             if seed is None or seed == "":
                 seed = random.randint(0, MAX_SEED)
             used_seed = _checked_int(seed, "Seed", 0, MAX_SEED)
@@ -177,28 +215,69 @@ class DemoBackend:
             if width % 8 or height % 8:
                 raise DemoInputError(f"Width and height must be multiples of 8, got {width}×{height}.")
             try:
+                if isinstance(guidance, bool):
+                    raise TypeError
                 guidance = float(guidance)
-            except (TypeError, ValueError):
-                raise DemoInputError(f"Guidance must be a number, got {guidance!r}.") from None
+            except (TypeError, ValueError, OverflowError):
+                raise DemoInputError(f"Guidance must be a number, got {_shown(guidance)}.") from None
             if not 0.0 <= guidance <= MAX_GUIDANCE:
                 raise DemoInputError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}, got {guidance:g}.")
-            base, long_clip = (base or "").strip(), (long_clip or "").strip()
+            if not isinstance(compare, bool):
+                raise DemoInputError(f"Compare must be true or false, got {_shown(compare)}.")
+            base = _checked_text(base, "Base model").strip()
+            long_clip = _checked_text(long_clip, "Long-CLIP checkpoint").strip()
             if not base:
                 raise DemoInputError("Choose a base model: a Hub id or a local folder.")
             if not long_clip:
-                raise DemoInputError('Choose a Long-CLIP checkpoint (file, folder, Hub id) or "stretch".')
+                raise DemoInputError(
+                    'Choose a Long-CLIP checkpoint (file, folder, Hub id), "stretch", or "none" to keep the base\'s.'
+                )
             spec = ModelSpec(base=base, long_clip=long_clip, sdxl=_family_is_sdxl(family))
 
             loaded = spec in self.models
+            if not loaded:
+                self._check_sources(spec, family)
+            notes += _prompt_notes(prompt, self.tokenizer)
             progress(0.0, desc="Loading models (first time only)…" if not loaded else "Waiting for the model…")
             with self._generation_lock:
-                return self._generate(spec, prompt, negative_prompt, used_seed, steps, guidance, width, height,
-                                      compare, progress)
+                result = self._generate(spec, prompt, negative_prompt, used_seed, steps, guidance, width, height,
+                                        compare, progress)
+            result.notes = tuple(notes)
+            return result
         except Exception as exc:  # shown in the page; the server keeps serving
             if not isinstance(exc, DemoInputError):
                 logger.exception("generation failed")
             model = spec.base if spec is not None else None
             return GenerationResult(None, None, used_seed, False, friendly_error(exc, model=model))
+
+    def _check_sources(self, spec: ModelSpec, family: str) -> None:
+        """Before loading anything: allowed here, an existing path or a Hub id that answers, the family picked.
+
+        The allow-list is checked first and alone, so a refused path is refused the same whether it exists or not.
+        The messages are the ones ``longclip generate`` prints, naming the page's field instead of the flag.
+        """
+        from longclip_diffusion.sources import HubUnavailableError, detect_family, resolve_source
+
+        fields = (("Base model", spec.base), ("Long-CLIP checkpoint", spec.long_clip))
+        for field, value in fields:
+            if not self.allowed.permits(value):
+                raise DemoInputError(self.allowed.refusal(field))
+        try:
+            base = resolve_source(spec.base, "Base model")
+            if spec.long_clip not in NO_FILE:
+                resolve_source(spec.long_clip, "Long-CLIP checkpoint")
+        except (FileNotFoundError, ValueError, HubUnavailableError) as exc:
+            raise DemoInputError(str(exc)) from None
+        detected = detect_family(base) if isinstance(base, Path) else None
+        if detected and detected != FAMILY_KEYS[family]:
+            if detected in FAMILY_KEYS.values():
+                advice = f"choose {FAMILY_NAMES[detected]} under Model family"
+            else:
+                advice = f"the demo runs {' and '.join(FAMILIES)} models; choose one of those"
+            raise DemoInputError(
+                f"Base model {spec.base} is {FAMILY_NAMES[detected]} (model_index.json), but Model family is "
+                f"{family}; {advice}."
+            )
 
     def _generate(self, spec, prompt, negative_prompt, seed, steps, guidance, width, height, compare, progress):
         started = time.perf_counter()
@@ -228,7 +307,9 @@ class DemoBackend:
         elapsed = time.perf_counter() - started
         what = "Long-CLIP and stock CLIP" if compare else "Long-CLIP"
         note = " (prompt embeddings from cache)" if cached == len(pipes) else ""
-        message = f"{what}: seed {seed}, {steps} steps, guidance {guidance:g}, {width}×{height}, {elapsed:.1f} s{note}."
+        message = (
+            f"{what}: seed {seed}, {steps} steps, guidance {guidance:g}, {width}×{height}, {elapsed:.1f} s{note}."
+        )
         return GenerationResult(images.get("long"), images.get("stock"), seed, True, message)
 
 
@@ -246,22 +327,30 @@ def build_demo(
     model_loader: ModelLoader | None = None,
     *,
     base: str | None = None,
-    long_clip: str = LONG_CLIP_L,
+    long_clip: str = defaults.DEFAULT_LONG_CLIP,
     sdxl: bool = False,
     tokenizer: Any = None,
     max_models: int = 1,
     embedding_cache_size: int = 32,
     max_queue: int = 16,
+    allowed_models: Iterable[str] | None = None,
     backend: DemoBackend | None = None,
 ):
-    """Build the page. ``model_loader(ModelSpec) -> LoadedModels`` defaults to the library pipelines."""
+    """Build the page. ``model_loader(ModelSpec) -> LoadedModels`` defaults to the library pipelines.
+
+    ``allowed_models`` (Hub ids, folders, files): load only these and the page's own ``base``/``long_clip``.
+    ``None`` allows any source while the page is served on 127.0.0.1 only; :func:`launch_demo` restricts it to
+    the page's own models when it serves beyond.
+    """
     import gradio as gr
 
-    backend = backend or DemoBackend(
-        model_loader, tokenizer=tokenizer, max_models=max_models, embedding_cache_size=embedding_cache_size
-    )
     family_default = SDXL if sdxl else SD15
     base = base or DEFAULT_BASE[family_default]
+    allowed = AllowedModels([base, long_clip, *(allowed_models or ())], restricted=allowed_models is not None)
+    backend = backend or DemoBackend(
+        model_loader, tokenizer=tokenizer, max_models=max_models, embedding_cache_size=embedding_cache_size,
+        allowed_models=allowed,
+    )
     size = DEFAULT_SIZE[family_default]
     first_prompt, first_negative = EXAMPLES[0][1], EXAMPLES[0][2]
 
@@ -292,7 +381,9 @@ def build_demo(
                         )
                         randomize = gr.Button("Randomise", elem_id="randomize", scale=1)
                     steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                    guidance = gr.Slider(
+                        0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="guidance"
+                    )
                     with gr.Row():
                         width = gr.Slider(MIN_SIZE, MAX_SIZE, value=size, step=64, label="Width", elem_id="width")
                         height = gr.Slider(MIN_SIZE, MAX_SIZE, value=size, step=64, label="Height", elem_id="height")
@@ -300,7 +391,8 @@ def build_demo(
                     family = gr.Radio(list(FAMILIES), value=family_default, label="Model family", elem_id="family")
                     base_box = gr.Textbox(label="Base model (Hub id or local folder)", value=base, elem_id="base")
                     long_clip_box = gr.Textbox(
-                        label='Long-CLIP checkpoint (file, folder, Hub id, or "stretch" for no fine-tuning)',
+                        label='Long-CLIP checkpoint (file, folder, Hub id; "stretch" for no fine-tuning, '
+                              '"none" to keep the base\'s own encoder)',
                         value=long_clip, elem_id="long-clip",
                     )
             with gr.Column(scale=6):
@@ -350,7 +442,7 @@ def build_demo(
                     label=f"Stock CLIP ({CLIP_LIMIT} tokens){suffix}" if compare else "Stock CLIP (off)",
                 ),
                 result.status_html,
-                result.seed if result.seed is not None else seed,
+                result.seed if result.seed is not None else gr.update(),  # a bad seed stays as it was sent
             )
 
         # Clear the last result's message at once; the run itself waits its turn in the queue.
@@ -362,6 +454,9 @@ def build_demo(
             inputs=[prompt, negative, seed, steps, guidance, width, height, family, base_box, long_clip_box, compare],
             outputs=[long_image, stock_image, status, seed],
             show_progress_on=[long_image, stock_image],
+            # Values reach DemoBackend.generate as sent, which checks each with a readable message; Gradio's own
+            # checks fail as "the upstream Gradio app has raised an exception" for API callers (seed="abc").
+            preprocess=False,
             concurrency_limit=1,
             concurrency_id="generate",
             api_name="generate",
@@ -391,7 +486,12 @@ def launch_demo(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
 ):
-    """Serve the page. Binds to 127.0.0.1 unless ``host`` says otherwise; ``share`` only when asked."""
+    """Serve the page. Binds to 127.0.0.1 unless ``host`` says otherwise; ``share`` only when asked.
+
+    Served beyond 127.0.0.1, the page loads only the models allowed in :func:`build_demo` and its own defaults.
+    """
+    if not is_local_only(host, share):
+        demo.backend.allowed.restrict()
     return demo.launch(
         server_name=host,
         server_port=port,
@@ -413,6 +513,7 @@ def run_demo(args: argparse.Namespace) -> int:
         long_clip=args.long_clip,
         sdxl=args.sdxl,
         max_queue=args.max_queue,
+        allowed_models=args.allow_model,
         model_loader=(lambda spec: load_models(spec, device=args.device)) if args.device else None,
     )
     launch_demo(demo, host=args.host, port=args.port, share=args.share)
@@ -425,9 +526,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs network)")
     parser.add_argument("--base", default=None,
-                        help=f"base model, Hub id or local folder (default {SD15_BASE}, or {SDXL_BASE} with --sdxl)")
-    parser.add_argument("--long-clip", default=LONG_CLIP_L,
-                        help=f'Long-CLIP checkpoint: file, folder, Hub id or "stretch" (default {LONG_CLIP_L})')
+                        help=f"base model, Hub id or local folder (default {DEFAULT_BASE[SD15]}, "
+                             f"or {DEFAULT_BASE[SDXL]} with --sdxl)")
+    parser.add_argument("--long-clip", default=defaults.DEFAULT_LONG_CLIP,
+                        help='Long-CLIP checkpoint: file, folder, Hub id, "stretch", or "none" (keep the base\'s '
+                             f"encoder) (default {defaults.DEFAULT_LONG_CLIP})")
+    parser.add_argument("--allow-model", action="append", default=None, metavar="PATH_OR_ID",
+                        help="a Hub id, folder (with everything under it) or file the page may load; repeat it for "
+                             "more. Served beyond 127.0.0.1 (--host, --share) the page loads only these and its "
+                             "--base/--long-clip; on 127.0.0.1 any source unless this is given")
     parser.add_argument("--sdxl", action="store_true", help="start with an SDXL base model")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
     parser.add_argument("--max-queue", type=int, default=16, help="most requests waiting in the queue")

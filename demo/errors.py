@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 
 class DemoInputError(ValueError):
     """Bad input from the page (empty prompt, size not a multiple of 8, ...)."""
@@ -38,41 +40,57 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-_HUB_ERRORS = {
-    "LocalEntryNotFoundError",
-    "OfflineModeIsEnabled",
-    "RepositoryNotFoundError",
-    "GatedRepoError",
-    "RevisionNotFoundError",
-    "EntryNotFoundError",
-    "HfHubHTTPError",
-    "ConnectionError",
-    "ConnectError",
-    "Timeout",
-    "TimeoutException",
-}
-_NETWORK_HINTS = (
-    "outgoing traffic has been disabled",
-    "not fully cached locally",
-    "couldn't connect",
-    "could not connect",
-    "offline mode",
-    "connection error",
-    "name resolution",
-)
+def _hub_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the Hub or the network did not give us the files".
+
+    Matched by type, not by message text: ``huggingface_hub``'s errors (offline mode, not cached, missing, gated or
+    private repo, HTTP errors), the project's :class:`~longclip_diffusion.sources.HubUnavailableError`, the
+    standard library's connection and time-out errors, and the transport errors of the HTTP clients
+    ``huggingface_hub`` uses (``httpx2`` from huggingface_hub 2.x, ``httpx`` before, ``requests`` before that).
+    """
+    import importlib
+
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module, names in (
+        ("huggingface_hub.errors", ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "HfHubHTTPError")),
+        ("longclip_diffusion.sources", ("HubUnavailableError",)),
+        ("httpx2", ("TransportError", "TimeoutException")),
+        ("httpx", ("TransportError", "TimeoutException")),
+        ("requests.exceptions", ("ConnectionError", "Timeout")),
+    ):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        types.extend(getattr(found, name) for name in names if isinstance(getattr(found, name, None), type))
+    return tuple(types)
 
 
-def _is_hub_or_network(exc: BaseException) -> bool:
-    """A Hub / network failure, here or anywhere in the chain of causes (diffusers wraps them in OSError)."""
+def _causes(exc: BaseException | None):
+    """``exc`` and the exceptions it was raised from or during (diffusers and transformers wrap Hub errors)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if {cls.__name__ for cls in type(exc).__mro__} & _HUB_ERRORS:
-            return True
-        if any(hint in str(exc).lower() for hint in _NETWORK_HINTS):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+def _is_hub_or_network(exc: BaseException) -> bool:
+    """A Hub / network failure, here or anywhere in the chain of causes."""
+    hub_errors = _hub_error_types()
+    return any(isinstance(cause, hub_errors) for cause in _causes(exc))
+
+
+def _own_message(exc: BaseException) -> str | None:
+    """The message of the project's own one-line error for the Hub being unreachable, if that is the cause."""
+    try:
+        from longclip_diffusion.sources import HubUnavailableError
+    except ImportError:
+        return None
+    for cause in _causes(exc):
+        if isinstance(cause, HubUnavailableError):
+            return _first_line(cause)
+    return None
 
 
 def friendly_error(exc: BaseException, *, model: str | None = None) -> str:
@@ -82,6 +100,9 @@ def friendly_error(exc: BaseException, *, model: str | None = None) -> str:
         if isinstance(cause, DemoInputError) or _is_out_of_memory(cause):
             return friendly_error(cause, model=exc.model)
         what = f"`{exc.model}`" + (f" with Long-CLIP `{exc.long_clip}`" if exc.long_clip else "")
+        own = _own_message(cause)
+        if own:
+            return own
         if _is_hub_or_network(cause):
             return (
                 f"Could not load the model {what}: it is not available locally and the Hugging Face Hub "
@@ -101,6 +122,9 @@ def friendly_error(exc: BaseException, *, model: str | None = None) -> str:
             f"(SD 1.5 instead of SDXL). Details: {detail}"
         )
     where = f" `{model}`" if model else ""
+    own = _own_message(exc)
+    if own:
+        return own
     if _is_hub_or_network(exc):
         return (
             f"Could not load the model{where}: it is not available locally and the Hugging Face Hub "

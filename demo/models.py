@@ -15,10 +15,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-LONG_CLIP_L = "BeichenZhang/LongCLIP-L"
-
 # encode_prompt() outputs, in order, under the names __call__ takes them.
 _SD_EMBED_NAMES = ("prompt_embeds", "negative_prompt_embeds")
 _SDXL_EMBED_NAMES = (
@@ -139,20 +135,8 @@ def encode(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
     return dict(zip(names, outputs, strict=True))
 
 
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _from_pretrained_kwargs(base: str, device: str) -> dict[str, Any]:
-    import torch
-
-    kwargs: dict[str, Any] = {"dtype": torch.float16 if device != "cpu" else torch.float32}
+def _from_pretrained_kwargs(base: str, dtype: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if os.path.isdir(base):
         kwargs["local_files_only"] = True  # a local folder never needs the network
     return kwargs
@@ -198,7 +182,9 @@ def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> 
 def load_models(spec: ModelSpec, device: str | None = None) -> LoadedModels:
     """Default loader: the library's Long-CLIP pipeline; the stock one on first comparison."""
     from longclip_diffusion import pipelines
+    from longclip_diffusion.defaults import pick_device_and_dtype
 
+    from .access import KEEP
     from .errors import DemoInputError
 
     name = "LongCLIPStableDiffusionXLPipeline" if spec.sdxl else "LongCLIPStableDiffusionPipeline"
@@ -206,9 +192,10 @@ def load_models(spec: ModelSpec, device: str | None = None) -> LoadedModels:
     if cls is None:
         family = "SDXL" if spec.sdxl else "SD 1.x"
         raise DemoInputError(f"{family} is not supported by this installation ({name} is missing).")
-    device = device or default_device()
-    kwargs = _from_pretrained_kwargs(spec.base, device)
-    long_pipe = cls.from_pretrained(spec.base, long_clip=spec.long_clip, **kwargs).to(device)
+    device, dtype = pick_device_and_dtype(device)
+    kwargs = _from_pretrained_kwargs(spec.base, dtype)
+    long_clip = None if spec.long_clip == KEEP else spec.long_clip
+    long_pipe = cls.from_pretrained(spec.base, long_clip=long_clip, **kwargs).to(device)
     long_pipe.set_progress_bar_config(disable=True)
 
     def load_stock() -> Any:

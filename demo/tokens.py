@@ -8,8 +8,24 @@ from __future__ import annotations
 
 import html
 
-CLIP_LIMIT = 77
-LONG_CLIP_LIMIT = 248
+from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT as CLIP_LIMIT
+from longclip_diffusion.defaults import LONG_CLIP_TOKEN_LIMIT as LONG_CLIP_LIMIT
+
+# Long-CLIP reads 248 tokens, about 1,000 characters of English; a prompt is cut here before any work is done
+# (counting, encoding), with a note, so one huge request cannot hold the page (an 8 MB prompt held it for 46 s).
+MAX_PROMPT_CHARS = 10_000
+
+
+def cap_prompt(prompt: str | None, what: str = "prompt") -> tuple[str, str]:
+    """The prompt cut to :data:`MAX_PROMPT_CHARS`, and a note for the visitor when it was cut (else ``""``)."""
+    prompt = prompt or ""
+    if len(prompt) <= MAX_PROMPT_CHARS:
+        return prompt, ""
+    note = (
+        f"The {what} is {len(prompt):,} characters; only the first {MAX_PROMPT_CHARS:,} are read "
+        f"(Long-CLIP reads {LONG_CLIP_LIMIT} tokens, about 1,000 characters)."
+    )
+    return prompt[:MAX_PROMPT_CHARS], note
 
 
 def _join(kept: str, dropped: str, tag: str, css_class: str, title: str) -> str:
@@ -34,9 +50,10 @@ def token_counter_html(
     Words past ``clip_limit`` are wrapped in ``<del class='clip-dropped'>``; words past
     ``long_clip_limit`` (dropped by Long-CLIP too) in ``<mark class='longclip-dropped'>``.
     """
-    from longclip_diffusion.prompts import count_tokens
+    from longclip_diffusion.prompt_syntax import count_tokens
 
-    prompt = prompt or ""
+    prompt, cut_note = cap_prompt(prompt)
+    note = f"<div class='token-note'>{html.escape(cut_note)}</div>" if cut_note else ""
     if not prompt.strip():
         return (
             "<div class='token-counter' data-tokens='0'><span class='token-count'>0 tokens</span> — "
@@ -78,5 +95,5 @@ def token_counter_html(
     return (
         f"<div class='token-counter {status}' data-tokens='{n}'>"
         f"<div class='token-summary'><span class='token-count'>{n} token{plural}</span> — {summary}.</div>"
-        f"<div class='token-text'>{body}</div></div>"
+        f"<div class='token-text'>{body}</div>{note}</div>"
     )

@@ -125,6 +125,8 @@ CASES = [
     ("API: negative size", "api", {"width": -512}, {}, ("error", "Width must be a whole number from 64 to 2048, got -512.")),
     ("API: family a number", "api", {"family": 3}, {}, ("error", "Unknown model family 3: choose SD 1.5 or SDXL.")),
     ("API: empty prompt", "api", {"prompt": ""}, {}, ("error", "Type a prompt first.")),
+    ("API: 8 MB prompt is cut with a note", "api", {"prompt": HUGE_PROMPT}, {},
+     ("ok", f"The prompt is 8,000,000 characters; only the first {MAX_PROMPT_CHARS:,} are read")),
     # Model sources (served on 127.0.0.1: any source, checked before loading)
     ("missing base path", "backend", {"base": "./no-such-model"}, {},
      ("error", "Base model: no such file or folder: ./no-such-model (check the path, or give a Hub id")),

@@ -44,11 +44,9 @@ from torch import nn
 from transformers import CLIPTokenizer
 
 from ..checkpoints import check_text_encoder_width, load_text_encoder
-from ..positions import stretch_text_encoder
+from ..positions import CLIP_POSITIONS, stretch_text_encoder
 from ..prompts import num_positions
 from ..tokenizer import CONTEXT_LENGTH, load_tokenizer
-
-CLIP_POSITIONS = 77
 
 
 class Mode(StrEnum):
@@ -155,9 +153,11 @@ def put_encoder(pipeline: DiffusionPipeline, name: str, encoder: nn.Module) -> N
     one is moved to the old one's device and dtype (the device never holds both)."""
     old = getattr(pipeline, name)
     device, dtype = old.device, old.dtype
-    setattr(pipeline, name, None)
+    pipeline.register_modules(**{name: None})
     del old
-    setattr(pipeline, name, encoder.to(device=device, dtype=dtype))
+    # register_modules, not setattr: after a None, diffusers' __setattr__ would record the new one as (None, None) in
+    # model_index.json and save_pretrained would leave it out.
+    pipeline.register_modules(**{name: encoder.to(device=device, dtype=dtype)})
 
 
 def check_stretchable(encoder: nn.Module, name: str) -> None:

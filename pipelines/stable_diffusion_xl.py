@@ -52,10 +52,10 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..checkpoints import check_text_encoder_width, load_text_encoder
+from ..positions import CLIP_POSITIONS
 from ..prompts import encode_prompts, encode_windows, num_positions
 from ..tokenizer import CONTEXT_LENGTH, END_OF_TEXT, load_tokenizer
 from .core import (
-    CLIP_POSITIONS,
     Family,
     Mode,
     align_padding,

@@ -225,3 +225,62 @@ def test_apply_stretch_in_place_keeps_the_same_module():
     with torch.no_grad():
         eos_padded = encoder(pipeline.tokenizer("a cat", padding="max_length", return_tensors="pt").input_ids)
     torch.testing.assert_close(embeds, eos_padded.last_hidden_state)  # SD's own encoder keeps end-of-text padding
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A converted or saved folder gives the same result in stock diffusers (issue 11 §2)
+
+
+def _stock_vs_ours(stock, ours, prompt, negative_prompt="blurry"):
+    """Embeddings ≤ 1e-5 and the same image for a fixed seed."""
+    stock.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        expected = stock.encode_prompt(prompt, "cpu", 1, True, negative_prompt=negative_prompt)
+        actual = ours.encode_prompt(prompt, "cpu", 1, True, negative_prompt=negative_prompt)
+    for expected_embeds, actual_embeds in zip(expected, actual):
+        assert expected_embeds.shape == actual_embeds.shape == (1, 248, 32)
+        torch.testing.assert_close(actual_embeds, expected_embeds, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(run(ours, prompt, negative_prompt=negative_prompt),
+                               run(stock, prompt, negative_prompt=negative_prompt), rtol=0, atol=1e-5)
+
+
+def test_converted_folder_gives_the_same_result_in_stock_diffusers(tmp_path):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from longclip_diffusion.checkpoints import convert
+
+    base = StableDiffusionPipeline(**tiny_sd_components(long_clip=False))
+    base.save_pretrained(tmp_path / "base")
+    long_encoder = random_text_encoder(clip_text_config(), with_projection=True, seed=7, long=True)
+    save_comfy_file(long_encoder, tmp_path / "longclip.safetensors")
+    convert(tmp_path / "longclip.safetensors", tmp_path / "out")  # what `longclip convert` writes
+
+    stock = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "base",
+        text_encoder=CLIPTextModel.from_pretrained(tmp_path / "out" / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(tmp_path / "out" / "tokenizer"),
+    )
+    ours = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "base", long_clip=tmp_path / "longclip.safetensors")
+    assert stock.tokenizer.pad_token_id == ours.config.long_clip_pad_token_id == 0
+    _stock_vs_ours(stock, ours, LONG_PROMPT * 2 + TAIL_A)  # past 248 tokens: both cut at the same place
+
+
+@pytest.mark.parametrize("long_clip", ["file", "stretch"])
+def test_saved_pipeline_gives_the_same_result_in_stock_diffusers(long_clip, tmp_path):
+    base = StableDiffusionPipeline(**tiny_sd_components(long_clip=False))
+    base.save_pretrained(tmp_path / "base")
+    source = "stretch"
+    if long_clip == "file":
+        source = tmp_path / "longclip.safetensors"
+        save_comfy_file(random_text_encoder(clip_text_config(), with_projection=True, seed=7, long=True), source)
+    ours = LongCLIPStableDiffusionPipeline.from_pretrained(tmp_path / "base", long_clip=source)
+    ours.save_pretrained(tmp_path / "saved")
+    stock = StableDiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert stock.tokenizer.pad_token_id == ours.config.long_clip_pad_token_id == (0 if long_clip == "file" else END_OF_TEXT)
+    _stock_vs_ours(stock, ours, LONG_PROMPT + TAIL_B)
+
+    # The same for a stock pipeline given Long-CLIP in place and saved.
+    applied = apply_long_clip(StableDiffusionPipeline.from_pretrained(tmp_path / "base"), source)
+    applied.save_pretrained(tmp_path / "applied")
+    _stock_vs_ours(StableDiffusionPipeline.from_pretrained(tmp_path / "applied"), ours, LONG_PROMPT + TAIL_B)

@@ -396,3 +396,34 @@ def test_apply_long_clip_rejects_sdxl_options_on_sd15():
     pipeline = StableDiffusionPipeline(**tiny_sd_components(long_clip=False))
     with pytest.raises(ValueError, match="SDXL pipelines only"):
         apply_long_clip(pipeline, "stretch", bigg="windows")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A saved folder gives the same result in stock diffusers (issue 11 §2)
+
+
+@pytest.mark.parametrize("long_clip", ["model", "stretch"])
+def test_saved_pipeline_gives_the_same_result_in_stock_diffusers(long_clip, tmp_path):
+    import numpy as np
+
+    stock_base = StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=False))
+    stock_base.save_pretrained(tmp_path / "base")
+    source = tiny_sdxl_components(long_clip=True, seed=3)["text_encoder"] if long_clip == "model" else "stretch"
+    ours = LongCLIPStableDiffusionXLPipeline.from_pretrained(tmp_path / "base", long_clip=source, bigg="stretch")
+    ours.save_pretrained(tmp_path / "saved")
+    stock = StableDiffusionXLPipeline.from_pretrained(tmp_path / "saved")
+    assert stock.tokenizer.pad_token_id == (0 if long_clip == "model" else END_OF_TEXT)
+    assert stock.tokenizer_2.model_max_length == 248
+
+    for negative_prompt in (None, "blurry"):  # None: zeros (force_zeros_for_empty_prompt), as stock
+        expected = encode(stock, LONG, negative_prompt=negative_prompt)
+        actual = encode(ours, LONG, negative_prompt=negative_prompt)
+        for expected_embeds, actual_embeds in zip(expected, actual):
+            assert expected_embeds.shape == actual_embeds.shape
+            torch.testing.assert_close(actual_embeds, expected_embeds, rtol=0, atol=1e-5)
+    images = [
+        pipeline(LONG, negative_prompt="blurry", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+        for pipeline in (stock, ours)
+    ]
+    np.testing.assert_allclose(images[1], images[0], rtol=0, atol=1e-5)

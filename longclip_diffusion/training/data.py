@@ -244,7 +244,7 @@ def _jsonl_records(path: Path, image_root: str) -> list[Record | Skipped]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as error:
-            entries.append(Skipped(where, f"not valid JSON ({error.msg} at column {error.colno})"))
+            entries.append(Skipped(where, f"not valid JSON ({error.msg}, column {error.colno})"))
             continue
         entries.append(_from_mapping(item, where, image_root))
     return entries

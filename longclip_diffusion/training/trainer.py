@@ -83,6 +83,7 @@ def previous_checkpoint_path(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """The training state in ``path`` (loaded with ``weights_only=True``), checked to be a whole checkpoint of ours.
+    ``mmap`` maps the tensors instead of reading them (to check a file cheaply).
 
     Raises :class:`~longclip_diffusion.checkpoints.CheckpointError` naming the file and what is wrong: missing, empty,
     truncated or not a torch file, holding code, another kind of file (e.g. a CLIP state dict), or keys missing.
@@ -91,20 +92,24 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted write?); resume from another one")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted write?)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:  # mmap reads only the zip format; let the plain reader say what the file is
+            if not (mmap and "mmap can only be used" in str(error)):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error).lower():  # weights_only met a class or function: code we never run
             raise CheckpointError(
                 f"refused to unpickle code in {path}: a training checkpoint holds only tensors and plain values; "
                 "resume from a checkpoint written by longclip train"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is truncated or not a torch file (unpickling failed); resume from another one") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch file (unpickling failed)") from None
     except Exception as error:  # torch.load raises RuntimeError, EOFError, KeyError… for damaged files
         raise CheckpointError(
-            f"checkpoint {path} is truncated or not a torch file ({type(error).__name__}: {_first_line(error)}); "
-            "resume from another one"
+            f"checkpoint {path} is truncated or not a torch file ({type(error).__name__}: {_first_sentence(error)})"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a longclip training checkpoint")
@@ -122,9 +127,20 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     return state
 
 
-def _first_line(error: BaseException) -> str:
+def _first_sentence(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "no details"
+    return text.splitlines()[0].split(". ")[0][:200] if text else "no details"
+
+
+def read_checkpoint_to_resume(path: str | Path, mmap: bool = False) -> dict:
+    """:func:`read_checkpoint` for an explicit ``--resume FILE``: its error also says what to do."""
+    try:
+        return read_checkpoint(path, mmap)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{error}; pass another checkpoint to --resume (a run keeps {PREVIOUS_CHECKPOINT_NAME} beside the "
+            "latest) or --resume auto"
+        ) from None
 
 
 class Trainer:
@@ -271,7 +287,7 @@ class Trainer:
             _set_rng_state(state["rng"][self.context.rank])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
             raise CheckpointError(
-                f"checkpoint {path} does not fit this run ({_first_line(error)}); resume with the --base-model, "
+                f"checkpoint {path} does not fit this run ({_first_sentence(error)}); resume with the --base-model, "
                 "--stretch, --keep and --ratio it was written with"
             ) from None
         self.step = state["step"]
@@ -285,7 +301,7 @@ class Trainer:
             return
         if self.config.resume != "auto":
             path = Path(self.config.resume)
-            self._restore(read_checkpoint(path), path)
+            self._restore(read_checkpoint_to_resume(path), path)
         else:
             latest = self.output_dir / CHECKPOINT_NAME
             candidates = [path for path in (latest, previous_checkpoint_path(latest)) if path.exists()]
@@ -354,7 +370,7 @@ class Trainer:
         replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local, device=self.device)).tolist()
         if long_cut and not self.data_counts["long_captions_cut"]:
             self._say(
-                f"long captions longer than {self.context_length} tokens are cut to {self.context_length} "
+                f"long captions over {self.context_length} tokens are cut to {self.context_length} "
                 "(counted; see the summary at the end)", logging.WARNING
             )
         self.data_counts["images_replaced"] += replaced
@@ -409,7 +425,7 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
     # everything that can be checked cheaply comes before the model is loaded
     config.check_inputs()
     if config.resume not in ("", "auto"):
-        read_checkpoint(config.resume, mmap=True)
+        read_checkpoint_to_resume(config.resume, mmap=True)
     export_dir = Path(config.output_dir) / "export"
     check_export_destination(export_dir, config.export)
     dataset = load_dataset(  # the image size is the model's, set once it is read

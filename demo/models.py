@@ -15,6 +15,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT
+
 # encode_prompt() outputs, in order, under the names __call__ takes them.
 _SD_EMBED_NAMES = ("prompt_embeds", "negative_prompt_embeds")
 _SDXL_EMBED_NAMES = (
@@ -165,7 +167,7 @@ def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> 
     else:
         components["requires_safety_checker"] = False
     positions = components["text_encoder"].config.max_position_embeddings
-    if positions > 77:
+    if positions > CLIP_TOKEN_LIMIT:
         from .errors import DemoInputError
 
         raise DemoInputError(

@@ -4,8 +4,8 @@
   ``FileNotFoundError("no such file or folder: …")``; anything else must be a valid Hub id (``ValueError`` if not),
   and the Hub must answer within seconds (:func:`check_hub_reachable`).
 - :func:`check_hub_reachable`: one short request to the Hub endpoint (``LONGCLIP_HUB_TIMEOUT`` seconds, default 5)
-  instead of a minute of retries inside ``from_pretrained``; raises :class:`HubUnavailableError`. Skipped when
-  ``HF_HUB_OFFLINE`` is set (the local cache is then used).
+  instead of a minute of retries inside ``from_pretrained``; raises :class:`HubUnavailableError` unless the repo is
+  in the local cache. Skipped when ``HF_HUB_OFFLINE`` is set (the local cache is then used).
 - :func:`detect_family`: ``"sd15"``, ``"sdxl"``, ``"sd3"`` or ``"flux"`` from a local folder's ``model_index.json``.
 
 Only the standard library is imported at module level.
@@ -74,8 +74,18 @@ def hub_timeout() -> float:
     return timeout
 
 
+def in_local_cache(repo_id: str) -> bool:
+    """A snapshot of ``repo_id`` is in the local Hugging Face cache (``HF_HUB_CACHE``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
 def check_hub_reachable(repo_id: str, what: str = "--base") -> None:
-    """Raise :class:`HubUnavailableError` unless the Hub answers within :func:`hub_timeout` seconds.
+    """Raise :class:`HubUnavailableError` unless the Hub answers within :func:`hub_timeout` seconds or ``repo_id``
+    is in the local cache.
 
     Any HTTP answer counts as reachable (a missing or gated repo is reported by the loader itself); only a failed
     connection or a timeout does not. Nothing is checked with ``HF_HUB_OFFLINE`` set.
@@ -91,6 +101,8 @@ def check_hub_reachable(repo_id: str, what: str = "--base") -> None:
     except urllib.error.HTTPError:
         return  # the Hub answered
     except (urllib.error.URLError, OSError) as error:
+        if in_local_cache(repo_id):
+            return  # huggingface_hub falls back to the cached snapshot at once when the Hub is unreachable
         reason = getattr(error, "reason", error)
         raise HubUnavailableError(
             f"{what} {repo_id}: could not reach the Hugging Face Hub ({endpoint}) within {timeout:g} s ({reason}); "

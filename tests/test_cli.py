@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,8 +157,11 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def online_without_network(monkeypatch):
-    """No HF_HUB_OFFLINE, and a Hub endpoint nothing listens on."""
+def online_without_network(monkeypatch, tmp_path_factory):
+    """No HF_HUB_OFFLINE, a Hub endpoint nothing listens on, and an empty local cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hub-cache")))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
@@ -177,6 +181,20 @@ def test_hub_id_without_network_fails_fast_in_one_line(online_without_network, t
     assert len(error.strip().splitlines()) == 1
     assert repo_id in error and "could not reach the Hugging Face Hub" in error and "HF_HUB_OFFLINE=1" in error
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_unreachable_hub_is_fine_for_a_cached_repo(online_without_network, monkeypatch):
+    """huggingface_hub falls back to a cached snapshot at once, so a cached Hub id is not refused."""
+    from huggingface_hub import constants
+
+    from longclip_diffusion.sources import HubUnavailableError, resolve_source
+
+    with pytest.raises(HubUnavailableError, match="owner/model"):
+        resolve_source("owner/model")
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--owner--model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    assert resolve_source("owner/model") == "owner/model"
 
 
 def test_hub_probe_gives_up_after_the_configured_wait(monkeypatch):

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from huggingface_hub import constants
 
 from longclip_diffusion.checkpoints import save_comfy_file
 from longclip_diffusion.cli import main
@@ -99,10 +100,13 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("argv, phrase, condition", CASES, ids=[" ".join(case[0])[:60] or "(none)" for case in CASES])
-def test_bad_cli_input_exits_2_with_one_line(argv, phrase, condition, inputs, tmp_path, monkeypatch, capsys):
+def test_bad_cli_input_exits_2_with_one_line(
+    argv, phrase, condition, inputs, tmp_path, tmp_path_factory, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     argv = [arg.format(**inputs) for arg in argv]
     if condition == NO_NETWORK:
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hub-cache")))
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")

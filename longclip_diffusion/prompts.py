@@ -14,6 +14,9 @@ it) is refused with a ``ValueError`` naming the words, since such weights overfl
 A shorter encoder (bigG's 77 positions) reads a long prompt in windows (:func:`encode_windows`); weights then act per
 window, around the empty window at the same slot, as ComfyUI core's ``encode_token_weights`` does for each chunk.
 
+T5 (SD3, Flux) reads the prompt with the weighting syntax removed and is weighted the same way, around the empty
+prompt (``</s>`` then padding), as ComfyUI core weights T5 (:func:`encode_t5_prompts`).
+
 Every prompt is padded to the encoder's full length (248 for Long-CLIP), so a prompt's embedding never depends on the
 other prompts of its batch. Prompts longer than that are cut, and a warning names the dropped words as the user typed
 them.
@@ -28,7 +31,7 @@ from typing import Literal, TypeVar
 
 import torch
 from torch import nn
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 from .positions import position_embedding
 from .prompt_syntax import (  # the text-only half (no torch), re-exported here
@@ -64,6 +67,14 @@ class TokenizedPrompt:
     weights: torch.Tensor
     num_tokens: int
     dropped_text: str
+
+
+def check_prompts(prompts: list[str]) -> None:
+    """A batch of prompts: a non-empty list of strings (a bare string would be read letter by letter)."""
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(prompt, str) for prompt in prompts):
+        raise TypeError(f"`prompts` must be a list of strings; got {type(prompts).__name__} {prompts!r:.60}.")
+    if not prompts:
+        raise ValueError("`prompts` is empty; pass at least one prompt.")
 
 
 def tokenize_prompt(
@@ -139,6 +150,7 @@ def encode_prompts(
     ``clip_skip`` = k the output k layers earlier, normed); ``"penultimate"`` is SDXL's (the layer before the last,
     no final norm; ``clip_skip`` = k goes k layers further back).
     """
+    check_prompts(prompts)
     device = device or next(text_encoder.parameters()).device
     max_length = num_positions(text_encoder)
     tokenized = [tokenize_prompt(tokenizer, prompt, max_length, pad_token_id, weighting) for prompt in prompts]
@@ -173,6 +185,7 @@ def encode_windows(
     the same batch), as ComfyUI core does for each 77-token chunk. Pooled: the first window's projected end-of-text
     feature (it covers only the first 75 tokens), as ComfyUI and compel do.
     """
+    check_prompts(prompts)
     device = device or next(text_encoder.parameters()).device
     window_length = num_positions(text_encoder)
     windows, window_weights, first_windows, window_index, slot_index = [], [], [], [], []
@@ -249,9 +262,15 @@ def project_end_of_text(
     projection = getattr(text_encoder, "text_projection", None)
     if projection is None:
         return None
-    end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return projection(last_hidden_state[rows, end_of_text])
+    return projection(end_of_text_states(input_ids, last_hidden_state))
+
+
+def end_of_text_states(input_ids: torch.LongTensor, last_hidden_state: torch.Tensor) -> torch.Tensor:
+    """Each row's hidden state at its first end-of-text token: CLIP's pooled output before any projection (what Flux
+    reads from CLIP-L, diffusers' ``pooler_output``)."""
+    end_of_text = (input_ids == END_OF_TEXT).int().argmax(dim=-1).to(last_hidden_state.device)
+    rows = torch.arange(input_ids.shape[0], device=last_hidden_state.device)
+    return last_hidden_state[rows, end_of_text]
 
 
 def split_into_windows(
@@ -298,3 +317,67 @@ def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor, empty: tor
     """
     weights = weights.to(device=hidden_states.device, dtype=hidden_states.dtype).unsqueeze(-1)
     return empty + weights * (hidden_states - empty)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# T5 (SD3's text_encoder_3, Flux's text_encoder_2)
+
+
+def _t5_token_weights(fragments: list[tuple[str, float]], offsets: torch.Tensor) -> torch.Tensor:
+    """The weight of each token: that of the fragment its first character comes from (1 for special tokens)."""
+    ends, weights, position = [], [], 0
+    for text, weight in fragments:
+        position += len(text)
+        ends.append(position)
+        weights.append(weight)
+    starts, stops = offsets[:, 0].contiguous(), offsets[:, 1].contiguous()
+    fragment = torch.bucketize(starts, torch.tensor(ends), right=True).clamp(max=len(weights) - 1)
+    token_weights = torch.tensor(weights)[fragment]
+    return torch.where(stops > starts, token_weights, torch.ones_like(token_weights))
+
+
+def encode_t5_prompts(
+    text_encoder: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_sequence_length: int = 512,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """T5 hidden states ``[batch, max_sequence_length, width]`` as diffusers' SD3 and Flux pipelines compute them, with
+    weighting syntax parsed out.
+
+    T5 reads each prompt with the weighting syntax removed, tokenized as a whole (``</s>`` then ``<pad>`` up to
+    ``max_sequence_length``, cut there), so a prompt without weights gives exactly diffusers' states. Weights act as
+    ComfyUI core's T5 (its ``ClipTokenWeightEncoder``, shared with CLIP): ``z_empty + w · (z − z_empty)`` per token,
+    where ``z_empty`` is the empty prompt (``</s>``, padding) of the same length encoded in the same batch; a token
+    takes the weight of the fragment its first character comes from.
+    """
+    device = device or next(text_encoder.parameters()).device
+    for prompt in prompts:
+        check_weights(prompt)
+    fragments = [parse_weighted_prompt(prompt) for prompt in prompts]
+    texts = ["".join(text for text, _ in prompt_fragments) for prompt_fragments in fragments]
+    weighted = any(weight != 1 for prompt_fragments in fragments for _, weight in prompt_fragments)
+    inputs = tokenizer(
+        texts + [""] if weighted else texts,
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        return_offsets_mapping=weighted,
+        return_tensors="pt",
+    )
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        if len(ids) > max_sequence_length - 1:
+            logger.warning(
+                "T5 reads %d tokens (`max_sequence_length`); these words are dropped: %r",
+                max_sequence_length,
+                tokenizer.decode(ids[max_sequence_length - 1 :]),
+            )
+    hidden_states = text_encoder(inputs.input_ids.to(device))[0]
+    if weighted:
+        weights = torch.stack(
+            [_t5_token_weights(item, offsets) for item, offsets in zip(fragments, inputs["offset_mapping"])]
+        )
+        hidden_states = apply_weights(hidden_states[:-1], weights, hidden_states[-1:])
+    return hidden_states

@@ -26,9 +26,8 @@ from diffusers.loaders import FluxLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..checkpoints import check_text_encoder_width
-from ..prompts import num_positions, tokenize_prompt
+from ..prompts import encode_t5_prompts, end_of_text_states, num_positions, tokenize_prompt
 from ..tokenizer import load_tokenizer
-from ._mmdit_interim import encode_t5_prompts, end_of_text_states
 from .core import (
     Family,
     Mode,
@@ -99,7 +98,11 @@ def encode_prompt(
             pooled_prompt_embeds = pooled_prompt_embeds.to(dtype=self.text_encoder.dtype, device=device)
             pooled_prompt_embeds = repeat_per_image(pooled_prompt_embeds, num_images_per_prompt)
             prompt_embeds = encode_t5_prompts(
-                self.text_encoder_2, self.tokenizer_2, prompts_2, max_sequence_length=max_sequence_length
+                self.text_encoder_2,
+                self.tokenizer_2,
+                prompts_2,
+                max_sequence_length=max_sequence_length,
+                device=get_module_execution_device(self.text_encoder_2),
             )
             prompt_embeds = prompt_embeds.to(dtype=self.text_encoder_2.dtype, device=device)
             prompt_embeds = repeat_per_image(prompt_embeds, num_images_per_prompt)

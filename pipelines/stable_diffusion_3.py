@@ -37,9 +37,8 @@ from diffusers.loaders import SD3LoraLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..checkpoints import text_encoder_width
-from ..prompts import encode_prompts, encode_windows, num_positions
+from ..prompts import encode_prompts, encode_t5_prompts, encode_windows, num_positions
 from ..tokenizer import END_OF_TEXT, load_tokenizer
-from ._mmdit_interim import encode_t5_prompts
 from .core import (
     Family,
     Mode,
@@ -117,7 +116,11 @@ def _encode_texts(
         t5_states = torch.zeros((len(prompts_3), max_sequence_length, width), device=device, dtype=dtype)
     else:
         t5_states = encode_t5_prompts(
-            pipeline.text_encoder_3, pipeline.tokenizer_3, prompts_3, max_sequence_length=max_sequence_length
+            pipeline.text_encoder_3,
+            pipeline.tokenizer_3,
+            prompts_3,
+            max_sequence_length=max_sequence_length,
+            device=get_module_execution_device(pipeline.text_encoder_3),
         )
         t5_states = t5_states.to(dtype=pipeline.text_encoder_3.dtype, device=device)
     width = t5_states.shape[-1]

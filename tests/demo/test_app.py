@@ -308,3 +308,48 @@ def test_gradio_progress_object_is_used(tiny_loader):
     assert not progress
     assert _generate(DemoBackend(tiny_loader), steps=1, compare=False, progress=progress).ok
     assert ((1, 1), "Long-CLIP: step 1/1") in progress.calls
+
+
+def _wrapped_like_diffusers(cause: BaseException) -> OSError:
+    """diffusers raises a plain OSError while handling the Hub client's error (``__context__``)."""
+    try:
+        raise cause
+    except BaseException:
+        try:
+            raise OSError("Cannot load model some/model: the model is not fully cached locally.")
+        except OSError as error:
+            return error
+
+
+@pytest.mark.parametrize(
+    ("cause", "expected"),
+    [
+        ("httpx2.ConnectError", "hub"),  # huggingface_hub 2.x: no network
+        ("httpx2.ConnectTimeout", "hub"),
+        ("huggingface_hub.errors.OfflineModeIsEnabled", "hub"),  # HF_HUB_OFFLINE=1, not cached
+        ("huggingface_hub.errors.LocalEntryNotFoundError", "hub"),
+        ("builtins.TimeoutError", "hub"),
+        ("longclip_diffusion.sources.HubUnavailableError", "own"),  # its own sentence, as the CLI prints it
+        ("builtins.PermissionError", "other"),  # a message saying "offline mode" does not make it a Hub error
+    ],
+)
+def test_hub_errors_are_recognised_by_type_through_wrapping(cause, expected):
+    import importlib
+
+    from longclip_diffusion.demo.errors import ModelLoadError, friendly_error
+
+    module, name = cause.rsplit(".", 1)
+    try:
+        error_type = getattr(importlib.import_module(module), name)
+    except ImportError:
+        pytest.skip(f"{module} is not installed")
+    try:
+        raise ModelLoadError("some/model", "stretch") from _wrapped_like_diffusers(error_type("offline mode"))
+    except ModelLoadError as error:
+        message = friendly_error(error)
+    if expected == "own":
+        assert message == "offline mode"
+    else:
+        assert ("the Hugging Face Hub could not be reached" in message) is (expected == "hub"), message
+        assert message.startswith("Could not load the model `some/model` with Long-CLIP `stretch`")
+    assert "\n" not in message

@@ -303,12 +303,265 @@ def scenario_roundtrip():
     }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Flux and SD3: our loaders vs core's (comfy.sd.load_clip / core's SD3 text model) fed the correct position table
+
+
+TINY_L = {"num_hidden_layers": 3, "intermediate_size": 256}  # tiny_models.openai_text_state_dict defaults, 768 wide
+TINY_T5 = {"num_layers": 1, "num_heads": 2, "d_kv": 16, "d_ff": 64}  # tiny_models.t5_state_dict defaults
+
+
+def write_file(name, make):
+    path = TEXT_ENCODERS / name
+    if not path.exists():
+        save_file(make(), str(path))
+    return name
+
+
+def write_t5():
+    return write_file("t5xxl-tiny.safetensors", tiny_models.t5_state_dict)
+
+
+def write_clip_g():
+    return write_file("clip_g-tiny.safetensors", lambda: tiny_models.comfy_text_state_dict(width=1280, positions=77, seed=4))
+
+
+def write_correct_table_l():
+    """The Long-CLIP-L file with the reference position table made by hand (rows < 20 from positional_embedding,
+    the rest from positional_embedding_res) and no `_res`: what core loaders read correctly (they convert the
+    OpenAI layout themselves)."""
+
+    def make():
+        state_dict = tiny_models.openai_text_state_dict()
+        res = state_dict.pop("positional_embedding_res")
+        state_dict["positional_embedding"] = torch.cat([state_dict["positional_embedding"][:20], res[20:]])
+        return state_dict
+
+    return write_file("longclip-L-correct-table.safetensors", make)
+
+
+def core_flux_clip(clip_l_name, t5_name):
+    """What core DualCLIPLoader (type flux) builds, given the tiny shapes its fixed configs cannot infer."""
+    return comfy.sd.load_clip(
+        [str(TEXT_ENCODERS / clip_l_name), str(TEXT_ENCODERS / t5_name)],
+        embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        clip_type=comfy.sd.CLIPType.FLUX,
+        model_options={"model_config": dict(TINY_L), "t5xxl_model_config": TINY_T5},
+    )
+
+
+def core_sd3_clip(clip_l_name, clip_g_state_dict, t5_name):
+    """Core's SD3 text model and tokenizer (what TripleCLIPLoader builds) with each file loaded into its slot by
+    core's own code. TripleCLIPLoader itself routes clip_g by its 32 layers (a tiny one would land in clip_l)."""
+    import types
+
+    import comfy.text_encoders.sd3_clip as sd3
+    import comfy.utils
+
+    l_sd = comfy.utils.clip_text_transformers_convert(load_file(str(TEXT_ENCODERS / clip_l_name)), "", "")
+    t5_sd = load_file(str(TEXT_ENCODERS / t5_name))
+    target = types.SimpleNamespace(clip=sd3.sd3_clip(**sd3.t5_xxl_detect(t5_sd)), tokenizer=sd3.SD3Tokenizer, params={})
+    clip = comfy.sd.CLIP(
+        target,
+        embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        tokenizer_data={"clip_l_max_length": 248, "clip_g_max_length": 248},
+        model_options={"clip_l_model_config": {**TINY_L, "max_position_embeddings": 248},
+                       "clip_g_model_config": {**TINY_L, "max_position_embeddings": 248},
+                       "t5xxl_model_config": TINY_T5},
+    )
+    clip.cond_stage_model.clip_l.load_sd(l_sd)
+    clip.cond_stage_model.clip_g.load_sd(clip_g_state_dict)
+    clip.cond_stage_model.t5xxl.load_sd(t5_sd)
+    return clip
+
+
+def tiny_lora(prefix):
+    lora = {}
+    for layer in range(2):
+        key = f"{prefix}_text_model_encoder_layers_{layer}_mlp_fc1"
+        lora[key + ".lora_up.weight"] = torch.randn(256, 4) * 0.5
+        lora[key + ".lora_down.weight"] = torch.randn(4, 768) * 0.5
+        lora[key + ".alpha"] = torch.tensor(4.0)
+    return lora
+
+
+def conditioning(output):
+    ((cond, extra),) = output.args[0]
+    return cond.float(), extra
+
+
+def scenario_flux():
+    from comfy_extras.nodes_flux import CLIPTextEncodeFlux
+
+    args.fp32_text_enc = True
+    name, t5, correct = write_long_clip_l(), write_t5(), write_correct_table_l()
+    (ours,) = run_node("LongCLIPFluxLoader", clip_l_name=name, t5xxl_name=t5)
+    core = core_flux_clip(correct, t5)
+    core_raw = core_flux_clip(name, t5)  # the OpenAI-layout Long-CLIP file as core reads it (`_res` dropped)
+
+    def flux(clip, clip_l_text, t5_text="a photo of a cat"):
+        return conditioning(CLIPTextEncodeFlux.execute(clip, clip_l_text, t5_text, 3.5))
+
+    red, red_extra = flux(ours, long_prompt("red"))
+    core_red, core_red_extra = flux(core, long_prompt("red"))
+    raw_red, raw_red_extra = flux(core_raw, long_prompt("red"))
+    blue, blue_extra = flux(ours, long_prompt("blue"))
+    plain, plain_pooled = encode(ours, long_prompt("red"))  # core CLIPTextEncode: both encoders read the text
+    core_plain, core_plain_pooled = encode(core, long_prompt("red"))
+    torch.manual_seed(0)
+    _, lora_clip = comfy.sd.load_lora_for_models(None, ours, tiny_lora("lora_te1"), 0.0, 1.0)
+    _, lora_extra = flux(lora_clip, long_prompt("red"))
+    args.fp32_text_enc = False
+
+    model = tiny_models.flux_model()
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+
+    def sample(cond, extra):  # as the Flux workflows: cfg 1, negative zeroed out (ConditioningZeroOut)
+        positive = [[cond, {"pooled_output": extra["pooled_output"], "guidance": 3.5}]]
+        negative = [[torch.zeros_like(cond), {"pooled_output": torch.zeros_like(extra["pooled_output"])}]]
+        (out,) = core_nodes.common_ksampler(model, 1, 2, 1.0, "euler", "simple", positive, negative, latent)
+        return out["samples"].float()
+
+    image, core_image, blue_image = sample(red, red_extra), sample(core_red, core_red_extra), sample(blue, blue_extra)
+    return {
+        "model_class": type(model.model).__name__,
+        "image_vs_core": diff(image, core_image),
+        "image_vs_core_raw_file": diff(image, sample(raw_red, raw_red_extra)),
+        "image_late_words_change": diff(image, blue_image),
+        "image_finite": bool(torch.isfinite(image).all()),
+        "patcher": type(ours.patcher).__name__,
+        "shape": list(red.shape),
+        "pooled_shape": list(red_extra["pooled_output"].shape),
+        "guidance": red_extra.get("guidance"),
+        "l_max_length": ours.tokenizer.clip_l.max_length,
+        "cond_vs_core": diff(red, core_red),
+        "pooled_vs_core": diff(red_extra["pooled_output"], core_red_extra["pooled_output"]),
+        "plain_vs_core": diff(plain, core_plain),
+        "plain_pooled_vs_core": diff(plain_pooled, core_plain_pooled),
+        "pooled_vs_core_raw_file": diff(red_extra["pooled_output"], raw_red_extra["pooled_output"]),
+        "late_words_change_pooled": diff(red_extra["pooled_output"], blue_extra["pooled_output"]),
+        "lora_changes_pooled": diff(red_extra["pooled_output"], lora_extra["pooled_output"]),
+    }
+
+
+def scenario_sd3():
+    import comfy.sample
+    import comfy.utils
+    from comfy_extras.nodes_sd3 import CLIPTextEncodeSD3
+
+    from longclip_diffusion import positions
+
+    args.fp32_text_enc = True
+    name, clip_g, t5, correct = write_long_clip_l(), write_clip_g(), write_t5(), write_correct_table_l()
+    (ours,) = run_node("LongCLIPSD3Loader", clip_l_name=name, clip_g_name=clip_g, t5xxl_name=t5)
+    (windows,) = run_node("LongCLIPSD3Loader", clip_l_name=name, clip_g_name=clip_g, t5xxl_name=t5,
+                          clip_g_mode="windows")
+    g_sd = load_file(str(TEXT_ENCODERS / clip_g))
+    table = "text_model.embeddings.position_embedding.weight"
+    g_sd[table] = positions.stretch_positions(g_sd[table])  # the reference recipe (KPS, keep 20, ratio 4), fp16 file
+    core = core_sd3_clip(correct, g_sd, t5)
+
+    def sd3(clip, text):
+        return conditioning(CLIPTextEncodeSD3.execute(clip, text, text, "a photo of a cat", "none"))
+
+    red, red_extra = sd3(ours, long_prompt("red"))
+    blue, blue_extra = sd3(ours, long_prompt("blue"))
+    core_red, core_red_extra = sd3(core, long_prompt("red"))
+    core_blue, core_blue_extra = sd3(core, long_prompt("blue"))
+    negative, negative_extra = sd3(ours, "")
+    windows_red, _ = sd3(windows, long_prompt("red"))
+    windows_blue, _ = sd3(windows, long_prompt("blue"))
+    torch.manual_seed(0)
+    _, lora_clip = comfy.sd.load_lora_for_models(None, ours, tiny_lora("lora_te1"), 0.0, 1.0)
+    lora_red, _ = sd3(lora_clip, long_prompt("red"))
+    args.fp32_text_enc = False
+
+    model = comfy.sd.load_diffusion_model_state_dict(tiny_models.sd3_mmdit_state_dict())
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+
+    def sample(positive, positive_extra):
+        conds = [[positive, {"pooled_output": positive_extra["pooled_output"]}]]
+        negatives = [[negative, {"pooled_output": negative_extra["pooled_output"]}]]
+        (out,) = core_nodes.common_ksampler(model, 1, 2, 4.0, "euler", "simple", conds, negatives, latent)
+        return out["samples"].float()
+
+    image, core_image, blue_image = sample(red, red_extra), sample(core_red, core_red_extra), sample(blue, blue_extra)
+    return {
+        "model_class": type(model.model).__name__,
+        "shape": list(red.shape),
+        "pooled_shape": list(red_extra["pooled_output"].shape),
+        "l_max_length": ours.tokenizer.clip_l.max_length,
+        "g_max_length": ours.tokenizer.clip_g.max_length,
+        "cond_vs_core": diff(red, core_red),
+        "pooled_vs_core": diff(red_extra["pooled_output"], core_red_extra["pooled_output"]),
+        "core_late_words_change": diff(core_red, core_blue),
+        "clip_l_late_words_change": diff(red[:, 150:248, :768], blue[:, 150:248, :768]),
+        "clip_g_late_words_change": diff(red[:, 150:248, 768:2048], blue[:, 150:248, 768:2048]),
+        "pooled_late_words_change": diff(red_extra["pooled_output"], blue_extra["pooled_output"]),
+        "windows_shape": list(windows_red.shape),
+        "windows_clip_l_vs_stretch": diff(windows_red[..., :768], red[..., :768]),
+        "windows_clip_g_late_words_change": diff(windows_red[:, 150:248, 768:2048], windows_blue[:, 150:248, 768:2048]),
+        "lora_changes": diff(red, lora_red),
+        "image_vs_core": diff(image, core_image),
+        "image_late_words_change": diff(image, blue_image),
+        "image_finite": bool(torch.isfinite(image).all()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input through the nodes: each case's error type and message (tests/comfyui/test_comfyui_nodes.py checks them)
+
+
+def scenario_bad_input():
+    long_l = write_long_clip_l()
+    narrow = write_long_clip_l("longclip-B-tiny.safetensors", width=512, projection=512)
+    t5, clip_g = write_t5(), write_clip_g()
+    write_file("t5xl-tiny.safetensors", lambda: tiny_models.t5_state_dict(width=2048))
+    (loaded,) = run_node("LongCLIPLoader", clip_name=long_l)
+    base, _ = sdxl_clip()
+    (long_sdxl,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=long_l, keep=20, ratio=4)
+    cases = {
+        "stretch a Long-CLIP-L": ("LongCLIPStretchKPS", {"clip": loaded, "keep": 20, "ratio": 4}),
+        "stretch a long SDXL CLIP": ("LongCLIPStretchKPS", {"clip": long_sdxl, "keep": 20, "ratio": 4}),
+        "stretch keep too large": ("LongCLIPStretchKPS", {"clip": base, "keep": 80, "ratio": 4}),
+        "missing Long-CLIP file": ("LongCLIPLoader", {"clip_name": "longclip-L.pt"}),
+        "path outside the folder": ("LongCLIPLoader", {"clip_name": "../../etc/"}),
+        "Long-CLIP-B in the SDXL node": ("LongCLIPSDXL", {"clip": base, "long_clip_l": narrow, "keep": 20, "ratio": 4}),
+        "clip_g_mode typo": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 20, "ratio": 4,
+                                              "clip_g_mode": "window"}),
+        "windows on a long clip_g": ("LongCLIPSDXL", {"clip": long_sdxl, "long_clip_l": long_l, "keep": 20,
+                                                      "ratio": 4, "clip_g_mode": "windows"}),
+        "keep and ratio miss 248": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 10, "ratio": 4}),
+        "SD 1.x CLIP in the SDXL node": ("LongCLIPSDXL", {"clip": loaded, "long_clip_l": long_l, "keep": 20,
+                                                          "ratio": 4}),
+        "bigG as Flux clip_l": ("LongCLIPFluxLoader", {"clip_l_name": clip_g, "t5xxl_name": t5}),
+        "T5-XL in the Flux loader": ("LongCLIPFluxLoader", {"clip_l_name": long_l, "t5xxl_name": "t5xl-tiny.safetensors"}),
+        "CLIP as Flux t5xxl": ("LongCLIPFluxLoader", {"clip_l_name": long_l, "t5xxl_name": long_l}),
+        "device typo": ("LongCLIPFluxLoader", {"clip_l_name": long_l, "t5xxl_name": t5, "device": "gpu"}),
+        "CLIP-L as SD3 clip_g": ("LongCLIPSD3Loader", {"clip_l_name": long_l, "clip_g_name": long_l, "t5xxl_name": t5}),
+        "SD3 clip_g_mode typo": ("LongCLIPSD3Loader", {"clip_l_name": long_l, "clip_g_name": clip_g, "t5xxl_name": t5,
+                                                       "clip_g_mode": "Windows"}),
+    }
+    found = {}
+    for case, (node, node_inputs) in cases.items():
+        try:
+            run_node(node, **node_inputs)
+            found[case] = ["no error", ""]
+        except Exception as error:
+            found[case] = [type(error).__name__, str(error)]
+    base_still_works, _ = encode(base, "a photo of a cat")  # a refused call leaves its input CLIP usable
+    found["input CLIP still encodes"] = [list(base_still_works.shape), ""]
+    return found
+
+
 def scenario_server_models():
-    """Files for the headless server test: a tiny SD1.5-shaped UNet and a 768-wide Long-CLIP-L."""
+    """Files for the headless server test: tiny SD1.5- and SD3-shaped diffusion models, a 768-wide Long-CLIP-L, a
+    tiny clip_g and T5."""
     unet_dir = WORK / "models" / "diffusion_models"
     unet_dir.mkdir(parents=True, exist_ok=True)
     save_file(tiny_models.sd15_unet_state_dict(), str(unet_dir / "tiny-sd15.safetensors"))
-    return {"unet": "tiny-sd15.safetensors", "clip": write_long_clip_l()}
+    save_file(tiny_models.sd3_mmdit_state_dict(), str(unet_dir / "tiny-sd3.safetensors"))
+    return {"unet": "tiny-sd15.safetensors", "clip": write_long_clip_l(), "clip_g": write_clip_g(), "t5": write_t5()}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def stand_in(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(stand_in, tmp_path_factory):
     """One ComfyUI process runs every in-process scenario (start-up is the slow part)."""
-    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "stretch", "token_count", "fidelity"]
+    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "stretch", "token_count", "fidelity", "flux", "sd3", "bad_input"]
     if os.environ.get("LONGCLIP_COMFYUI_FULL_SIZE", "1") != "0":
         scenarios.append("roundtrip")
     found = run_worker(tmp_path_factory.mktemp("comfy-work"), stand_in, *scenarios)
@@ -49,7 +49,8 @@ def result(results, scenario):
 
 def test_package_registers_every_node_through_comfy_entrypoint(results):
     assert set(result(results, "nodes")["nodes"]) == {
-        "LongCLIPLoader", "LongCLIPSDXL", "LongCLIPStretchKPS", "LongCLIPPromptTokenCount", "SaveLongCLIP"}
+        "LongCLIPLoader", "LongCLIPSDXL", "LongCLIPFluxLoader", "LongCLIPSD3Loader", "LongCLIPStretchKPS",
+        "LongCLIPPromptTokenCount", "SaveLongCLIP"}
 
 
 def test_loader_gives_a_managed_248_token_clip_that_core_nodes_use(results):
@@ -114,6 +115,73 @@ def test_loader_matches_the_reference_where_core_does_not(results):
     assert fidelity["core_cliploader_error"] is not None  # core CLIPLoader cannot read a non-768 file at all
 
 
+def test_flux_loader_equals_core_dualcliploader_fed_the_correct_table(results):
+    """CLIPTextEncodeFlux and CLIPTextEncode on our Flux CLIP give exactly what core's DualCLIPLoader (type flux) gives
+    for the same Long-CLIP-L with the reference position table built by hand, and so does the sampled latent; core
+    on the raw file differs; the last word (past token 77) changes the pooled vector and the latent."""
+    flux = result(results, "flux")
+    assert flux["patcher"] == "ModelPatcher" and flux["l_max_length"] == 248
+    assert flux["shape"] == [1, 256, 4096] and flux["pooled_shape"] == [1, 768] and flux["guidance"] == 3.5
+    assert flux["cond_vs_core"] == flux["pooled_vs_core"] == 0.0  # fp32 text encoders
+    assert flux["plain_vs_core"] == flux["plain_pooled_vs_core"] == 0.0
+    assert flux["pooled_vs_core_raw_file"] > 1e-2  # core reading longclip-L itself drops positional_embedding_res
+    assert flux["late_words_change_pooled"] > 1e-3  # the last word (token ~237) reaches Flux's pooled vector
+    assert flux["lora_changes_pooled"] > 1e-3  # lora_te1_* keys map onto Long-CLIP-L
+    # sampled by ComfyUI's Flux model (tiny, built in memory: see tiny_models.flux_model), T5 text held fixed
+    assert flux["model_class"] == "Flux" and flux["image_finite"]
+    assert flux["image_vs_core"] == 0.0 and flux["image_vs_core_raw_file"] > 1e-3
+    assert flux["image_late_words_change"] > 1e-4  # only the pooled vector carries the changed last word here
+
+
+def test_sd3_loader_equals_core_sd3_text_model_and_sampler(results):
+    """CLIPTextEncodeSD3 on our SD3 CLIP equals core's SD3 text model fed Long-CLIP-L's reference table and a
+    KPS-stretched bigG; a tiny MMDiT that ComfyUI detects as SD3 samples the same latent from both; late words
+    change the CLIP part of the joint sequence, the pooled vector and the latent."""
+    sd3 = result(results, "sd3")
+    assert sd3["model_class"] == "SD3"
+    assert sd3["shape"] == [1, 248 + 77, 4096] and sd3["pooled_shape"] == [1, 2048]
+    assert sd3["l_max_length"] == sd3["g_max_length"] == 248
+    assert sd3["cond_vs_core"] == sd3["pooled_vs_core"] == 0.0 and sd3["image_vs_core"] == 0.0
+    assert sd3["core_late_words_change"] > 1e-3  # the reference itself sees the changed word
+    assert sd3["clip_l_late_words_change"] > 1e-3 and sd3["clip_g_late_words_change"] > 1e-3
+    assert sd3["pooled_late_words_change"] > 1e-4
+    assert sd3["image_late_words_change"] > 1e-4 and sd3["image_finite"]
+    assert sd3["windows_shape"] == [1, 325, 4096] and sd3["windows_clip_l_vs_stretch"] == 0.0
+    assert sd3["windows_clip_g_late_words_change"] > 1e-3
+    assert sd3["lora_changes"] > 1e-3
+
+
+# (case in the worker's scenario_bad_input, expected error type, phrase of the message)
+BAD_INPUT = [
+    ("stretch a Long-CLIP-L", "ValueError", "clip_l: The position table already has 248 positions"),
+    ("stretch a long SDXL CLIP", "ValueError", "already long: use it as it is"),
+    ("stretch keep too large", "ValueError", "`keep` must be between 0 and 75"),
+    ("missing Long-CLIP file", "FileNotFoundError", "clip_name 'longclip-L.pt' is not in"),
+    ("path outside the folder", "ValueError", "'../../etc/' is not a file name inside models/text_encoders"),
+    ("Long-CLIP-B in the SDXL node", "ValueError", "'longclip-B-tiny.safetensors' is a 512-wide text encoder; SDXL's"),
+    ("clip_g_mode typo", "ValueError", "clip_g_mode must be one of stretch, windows; got 'window'"),
+    ("windows on a long clip_g", "ValueError", "clip_g already has 248 positions"),
+    ("keep and ratio miss 248", "ValueError", "keep=10, ratio=4 give clip_g 278 positions"),
+    ("SD 1.x CLIP in the SDXL node", "ValueError", "needs an SDXL CLIP"),
+    ("bigG as Flux clip_l", "ValueError", "1280-wide text encoder; Flux's clip_l is CLIP-L"),
+    ("T5-XL in the Flux loader", "ValueError", "2048-wide text encoder; Flux's t5xxl is T5-XXL (4096 wide)"),
+    ("CLIP as Flux t5xxl", "CheckpointError", "longclip-L-tiny.safetensors: not a T5 encoder"),
+    ("device typo", "ValueError", "device must be one of default, cpu"),
+    ("CLIP-L as SD3 clip_g", "ValueError", "768-wide text encoder; SD3's clip_g is CLIP-G/bigG (1280 wide)"),
+    ("SD3 clip_g_mode typo", "ValueError", "got 'Windows'"),
+]
+
+
+@pytest.mark.parametrize("case, error, phrase", BAD_INPUT, ids=[case for case, _, _ in BAD_INPUT])
+def test_bad_input_through_the_nodes_gives_one_clear_error(results, case, error, phrase):
+    found_type, message = result(results, "bad_input")[case]
+    assert found_type == error and phrase in message and "\n" not in message, (found_type, message)
+
+
+def test_refused_calls_leave_the_input_clip_usable(results):
+    assert result(results, "bad_input")["input CLIP still encodes"][0] == [1, 77, 2048]
+
+
 def test_saved_file_reloads_in_core_cliploader_with_identical_outputs(results):
     roundtrip = result(results, "roundtrip")
     assert roundtrip["shape"] == [1, 248, 768]
@@ -135,6 +203,26 @@ def tiny_graph() -> dict:
                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/longclip"}},
         "8": {"class_type": "LongCLIPPromptTokenCount", "inputs": {"text": prompt, "limit": 77}},
+        # SD3: a tiny MMDiT ComfyUI detects as SD3, our SD3 loader, core CLIPTextEncodeSD3
+        "9": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd3.safetensors", "weight_dtype": "default"}},
+        "10": {"class_type": "LongCLIPSD3Loader", "inputs": {
+            "clip_l_name": "longclip-L-tiny.safetensors", "clip_g_name": "clip_g-tiny.safetensors",
+            "t5xxl_name": "t5xxl-tiny.safetensors", "clip_g_mode": "stretch", "device": "default"}},
+        "11": {"class_type": "CLIPTextEncodeSD3", "inputs": {"clip": ["10", 0], "clip_l": prompt, "clip_g": prompt,
+                                                            "t5xxl": prompt, "empty_padding": "none"}},
+        "12": {"class_type": "CLIPTextEncodeSD3", "inputs": {"clip": ["10", 0], "clip_l": "", "clip_g": "", "t5xxl": "",
+                                                            "empty_padding": "empty_prompt"}},
+        "13": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "14": {"class_type": "KSampler", "inputs": {"model": ["9", 0], "positive": ["11", 0], "negative": ["12", 0],
+                                                    "latent_image": ["13", 0], "seed": 1, "steps": 1, "cfg": 2.0,
+                                                    "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "15": {"class_type": "SaveLatent", "inputs": {"samples": ["14", 0], "filename_prefix": "latents/longclip-sd3"}},
+        # Flux: our Flux loader and core CLIPTextEncodeFlux (a Flux diffusion model is 3072 wide at least: not run)
+        "16": {"class_type": "LongCLIPFluxLoader", "inputs": {"clip_l_name": "longclip-L-tiny.safetensors",
+                                                             "t5xxl_name": "t5xxl-tiny.safetensors"}},
+        "17": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip": ["16", 0], "clip_l": prompt, "t5xxl": prompt,
+                                                             "guidance": 3.5}},
+        "18": {"class_type": "PreviewAny", "inputs": {"source": ["17", 0]}},
     }
 
 
@@ -147,7 +235,8 @@ def test_headless_server_runs_an_api_workflow(stand_in, tmp_path):
 
     with ComfyServer(base, stand_in, tmp_path / "server.log") as server:
         info = server.get("/object_info")
-        for node_id in ("LongCLIPLoader", "LongCLIPSDXL", "LongCLIPStretchKPS", "LongCLIPPromptTokenCount", "SaveLongCLIP"):
+        for node_id in ("LongCLIPLoader", "LongCLIPSDXL", "LongCLIPFluxLoader", "LongCLIPSD3Loader", "LongCLIPStretchKPS",
+                        "LongCLIPPromptTokenCount", "SaveLongCLIP"):
             assert node_id in info, f"{node_id} not registered; log:\n{server.log.read_text()[-3000:]}"
         assert "longclip-L-tiny.safetensors" in info["LongCLIPLoader"]["input"]["required"]["clip_name"][1]["options"] \
             or "longclip-L-tiny.safetensors" in info["LongCLIPLoader"]["input"]["required"]["clip_name"][0]
@@ -158,7 +247,9 @@ def test_headless_server_runs_an_api_workflow(stand_in, tmp_path):
                 assert set(node["inputs"]) <= set(known), (workflow.name, node["class_type"])
 
         entry = server.run_prompt(tiny_graph())
-        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1]
         assert entry["outputs"]["7"]["latents"], entry["outputs"]
         assert "tokens" in entry["outputs"]["8"]["text"][0]
-        assert list((base / "output" / "latents").glob("longclip*.latent"))
+        assert entry["outputs"]["15"]["latents"], entry["outputs"]
+        assert "pooled_output" in entry["outputs"]["18"]["text"][0]
+        assert len(list((base / "output" / "latents").glob("longclip*.latent"))) == 2

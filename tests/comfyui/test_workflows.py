@@ -8,7 +8,7 @@ import pytest
 WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyui_node" / "workflows"
 
 
-@pytest.mark.parametrize("name", ["longclip_sd15", "longclip_sdxl"])
+@pytest.mark.parametrize("name", ["longclip_sd15", "longclip_sdxl", "longclip_flux", "longclip_sd3"])
 def test_ui_and_api_workflows_agree(name):
     api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())

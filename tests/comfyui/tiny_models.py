@@ -96,3 +96,61 @@ def sd15_unet_state_dict(seed=2, dtype=torch.float16):
     for key, value in unet.state_dict().items():
         sd["model.diffusion_model." + key] = (torch.randn(value.shape) * 0.02).to(dtype)
     return sd
+
+
+def t5_state_dict(width=4096, layers=1, heads=2, head_width=16, feed_forward=64, seed=6, dtype=torch.float16):
+    """A T5 v1.1 encoder (gated-gelu) in ComfyUI's t5xxl layout (``shared.weight``, ``encoder.block.N.…``), full
+    vocabulary (T5's tokenizer ids) and width 4096 (what SD3's joint sequence and Flux's txt_in read) but tiny inside."""
+    import json
+    import os
+
+    import comfy.ops
+    import comfy.text_encoders.t5
+
+    with open(os.path.join(os.path.dirname(comfy.text_encoders.t5.__file__), "t5_config_xxl.json")) as handle:
+        config = json.load(handle)
+    config.update(d_model=width, num_layers=layers, num_heads=heads, d_kv=head_width, d_ff=feed_forward)
+    torch.manual_seed(seed)
+    model = comfy.text_encoders.t5.T5(config, torch.float32, "cpu", comfy.ops.disable_weight_init)
+    sd = {}
+    for key, value in model.state_dict().items():
+        scale = 1.0 if key.endswith("layer_norm.weight") else 0.05
+        sd[key] = (torch.ones(value.shape) if scale == 1.0 else torch.randn(value.shape) * scale).to(dtype)
+    return sd
+
+
+def sd3_mmdit_state_dict(seed=7, dtype=torch.float16):
+    """An SD3-shaped MMDiT with one joint block (hidden 64; 16 latent channels, context 4096, pooled 2048), keys as in
+    an SD3 checkpoint; ComfyUI detects it as SD3 (``joint_blocks.0.context_block.attn.qkv.weight``)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    torch.manual_seed(seed)
+    model = MMDiT(
+        patch_size=2, in_channels=16, out_channels=16, depth=1, adm_in_channels=2048,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64}},
+        pos_embed_max_size=8, num_patches=64, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+    )
+    return {"model.diffusion_model." + key: (torch.randn(value.shape) * 0.05).to(dtype) for key, value in model.state_dict().items()}
+
+
+def flux_model(seed=8):
+    """ComfyUI's Flux model (``model_base.Flux`` under a ModelPatcher, fp32, CPU) with tiny inner sizes (hidden 64, one
+    double and one single block) and Flux's interfaces: 16 latent channels, T5 context 4096, CLIP-L pooled 768,
+    guidance. ComfyUI picks the family from the config (``model_config_from_unet_config``); its detection from a file
+    fixes hidden 3072 (≈ 400 M parameters even with one block), so this one is built in memory."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    config = {
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
+        "context_in_dim": 4096, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 1, "depth": 1,
+        "depth_single_blocks": 1, "axes_dim": [16, 24, 24], "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+    }
+    model_config = comfy.model_detection.model_config_from_unet_config(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="cpu")
+    torch.manual_seed(seed)
+    weights = model.diffusion_model.state_dict()
+    model.diffusion_model.load_state_dict({key: torch.randn(value.shape) * 0.05 for key, value in weights.items()})
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

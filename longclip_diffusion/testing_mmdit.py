@@ -162,3 +162,38 @@ def tiny_sd3_components(long_clip: bool = True, seed: int = 0) -> dict:
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Full-size shapes (benchmarks)
+
+
+def full_size_t5_xxl_config(num_layers: int = 24) -> T5Config:
+    """T5 v1.1 XXL's encoder (SD3's ``text_encoder_3``, Flux's ``text_encoder_2``): 4096 wide, 64 heads, 24 layers.
+    Fewer ``num_layers`` keep the real width where memory or time is short."""
+    return t5_config(vocab_size=32128, d_model=4096, d_ff=10240, num_layers=num_layers, num_heads=64, d_kv=64)
+
+
+def full_size_flux_transformer(num_layers: int = 19, num_single_layers: int = 38) -> FluxTransformer2DModel:
+    """FLUX.1-dev's transformer shape (12 B parameters with the default layer counts), random weights."""
+    return FluxTransformer2DModel(
+        num_layers=num_layers, num_single_layers=num_single_layers, guidance_embeds=True, axes_dims_rope=(16, 56, 56)
+    )
+
+
+def full_size_flux_vae() -> AutoencoderKL:
+    """FLUX.1's VAE shape (16 latent channels, 84 M parameters), random weights."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        sample_size=1024,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )

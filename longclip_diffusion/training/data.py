@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
-REPLACEMENT_TRIES = 8  # an unreadable image is replaced by the next readable one of the next few
+REPLACEMENT_TRIES = 64  # an unreadable image is replaced by the next readable one among the next few
 LOGGED_PROBLEMS = 10  # problems logged one by one; the rest only counted
 
 logger = logging.getLogger(__name__)
@@ -365,6 +365,26 @@ def load_dataset(
     if skipped:
         logger.warning("skipped %d of %d samples (%.2g %%)", len(skipped), len(entries), 100 * len(skipped) / len(entries))
     return CaptionDataset(records, image_size, skipped, len(entries))
+
+
+def batches(loader: Iterable) -> Iterator:
+    """The batches of a ``DataLoader``; an error a worker process raised keeps its own one-line message.
+
+    (torch re-raises a worker's exception as ``Caught ValueError in DataLoader worker process 0.`` followed by the
+    worker's traceback; the last line of that is the original message.)
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as error:
+            lines = str(error).strip().splitlines()
+            if not (lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]):
+                raise
+            raise type(error)(lines[-1].split(": ", 1)[-1]) from None
+        yield batch
 
 
 class ResumableSampler(Sampler[int]):

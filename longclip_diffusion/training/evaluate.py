@@ -13,7 +13,7 @@ from tqdm import tqdm
 from transformers import CLIPModel
 
 from .. import tokenizer
-from .data import CaptionCollator
+from .data import CaptionCollator, batches
 from .model import context_length, trim_padding
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -52,7 +52,7 @@ def encode_images_and_texts(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=CaptionCollator(length))
     images, longs, shorts = [], [], []
     long_cut = 0
-    for batch in tqdm(loader, desc="eval", unit="batch", disable=None if progress is None else not progress):
+    for batch in tqdm(batches(loader), total=len(loader), desc="eval", unit="batch", disable=None if progress is None else not progress):
         if batch["problems"]:
             raise ValueError(f"{batch['problems'][0]}; fix or remove it from the evaluation data")
         long_cut += batch["long_cut"]

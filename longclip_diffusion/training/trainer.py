@@ -28,7 +28,7 @@ from transformers import CLIPModel
 from ..checkpoints import CheckpointError
 from ..files import atomic_file
 from .config import TrainConfig
-from .data import LOGGED_PROBLEMS, CaptionCollator, ResumableSampler
+from .data import LOGGED_PROBLEMS, CaptionCollator, ResumableSampler, batches
 from .distributed import DistributedContext, all_reduce_mean, all_reduce_sum, current_context
 from .logging_utils import MetricLogger
 from .losses import LossOutput, longclip_loss
@@ -178,8 +178,8 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
         )
-        batches = self.sampler.batches_per_epoch
-        self.total_steps = config.max_steps or config.epochs * batches
+        per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = config.max_steps or config.epochs * per_epoch
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.lr,
@@ -335,16 +335,16 @@ class Trainer:
         """Run (or resume) training to ``total_steps`` — or only to ``stop_at`` (a pre-emptible job's slice; the
         schedule still spans ``total_steps``). Saves a checkpoint at the end; returns the model (rows still split)."""
         self.resume()
-        batches = self.sampler.batches_per_epoch
+        per_epoch = self.sampler.batches_per_epoch
         progress = tqdm(
             total=self.total_steps, initial=self.step, disable=not (self.context.is_main and self.config.progress),
             desc="train", dynamic_ncols=True,
         )
         end = min(self.total_steps, stop_at or self.total_steps)
         while self.step < end:
-            self.sampler.set_position(self.step // batches, self.step % batches)
+            self.sampler.set_position(self.step // per_epoch, self.step % per_epoch)
             self._replaced_this_epoch = 0
-            for batch in self.loader:
+            for batch in batches(self.loader):
                 self._count_data_problems(batch)
                 loss = self.train_step(batch)
                 progress.update(1)

@@ -21,7 +21,7 @@ from longclip_diffusion.cli import main
 from longclip_diffusion.files import DestinationExistsError
 from longclip_diffusion.training import synthetic
 from longclip_diffusion.training.config import ConfigError, TrainConfig, load_config
-from longclip_diffusion.training.data import CaptionCollator, load_dataset
+from longclip_diffusion.training.data import CaptionCollator, batches, load_dataset
 from longclip_diffusion.training.export import export_model
 from longclip_diffusion.training.trainer import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, Trainer, read_checkpoint
 
@@ -446,3 +446,19 @@ def test_export_refuses_a_folder_it_did_not_write(tmp_path, dataset):
         export_model(tiny_model(), tmp_path / "run" / "export", ["openai", "transformers"])
     assert (mine / "notes.txt").read_text() == "my own work"
     assert not (tmp_path / "run" / "export" / "longclip.pt").exists()
+
+
+class _FailingDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise FileNotFoundError(f"shard-{index}.tar vanished while training")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_error_raised_in_a_worker_stays_one_line(num_workers):
+    loader = torch.utils.data.DataLoader(_FailingDataset(), batch_size=2, num_workers=num_workers)
+    with pytest.raises(FileNotFoundError) as caught:
+        list(batches(loader))
+    assert str(caught.value) in {f"shard-{i}.tar vanished while training" for i in range(4)}

@@ -249,29 +249,15 @@ def generate(args: argparse.Namespace) -> None:
     print(f"Saved {output} ({image.width}×{image.height}, {FAMILY_NAMES[family]}, seed {args.seed}).")
 
 
-def _check_destination(args: argparse.Namespace) -> None:
-    from .files import check_destination
-
-    check_destination(args.destination, args.overwrite, what="destination")
-
-
 def convert(args: argparse.Namespace) -> None:
     """Convert a Long-CLIP checkpoint between formats."""
     from .sources import resolve_source
 
     source = resolve_source(args.source, "source")
-    _check_destination(args)
     from .checkpoints import convert as convert_checkpoint
 
-    destination = convert_checkpoint(source, args.destination, to=args.to, **_overwrite(convert_checkpoint, args))
+    destination = convert_checkpoint(source, args.destination, to=args.to, overwrite=args.overwrite)
     print(f"Wrote {destination}.")
-
-
-def _overwrite(writer, args: argparse.Namespace) -> dict[str, bool]:
-    """``overwrite=`` for library writers that take it (the CLI has already refused an existing destination)."""
-    import inspect
-
-    return {"overwrite": args.overwrite} if "overwrite" in inspect.signature(writer).parameters else {}
 
 
 def stretch(args: argparse.Namespace) -> None:
@@ -280,15 +266,21 @@ def stretch(args: argparse.Namespace) -> None:
 
     source = resolve_source(args.source, "source")
     to = args.to or ("comfy" if args.destination.lower().endswith(".safetensors") else "diffusers")
-    _check_destination(args)
-    from .checkpoints import load_text_encoder, save_comfy_file, save_diffusers
+    from .checkpoints import _check_diffusers_destination, load_text_encoder, save_comfy_file, save_diffusers
+    from .files import check_destination
     from .positions import stretch_text_encoder
+
+    # The writer's own destination rule, applied before loading (the writer checks again when it writes).
+    if to == "comfy":
+        check_destination(args.destination, args.overwrite)
+    else:
+        _check_diffusers_destination(Path(args.destination), args.overwrite)
 
     text_encoder = load_text_encoder(source, with_projection=args.with_projection, subfolder=args.subfolder)
     before = text_encoder.config.max_position_embeddings
     stretch_text_encoder(text_encoder, keep=args.keep, ratio=args.ratio)
     writer = save_comfy_file if to == "comfy" else save_diffusers
-    writer(text_encoder, args.destination, **_overwrite(writer, args))
+    writer(text_encoder, args.destination, overwrite=args.overwrite)
     after = text_encoder.config.max_position_embeddings
     print(f"Stretched {before} → {after} positions (keep {args.keep}, ratio {args.ratio}); wrote {args.destination}.")
 

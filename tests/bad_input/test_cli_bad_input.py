@@ -83,8 +83,8 @@ def inputs(tmp_path_factory):
     save_comfy_file(random_text_encoder(clip_text_config(), long=True), root / "longclip.safetensors")
     (root / "not_a_checkpoint.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     (root / "existing.safetensors").write_bytes(b"the user's file")
-    (root / "existing-folder").mkdir()
-    (root / "existing-folder" / "keep.txt").write_text("the user's folder")
+    (root / "existing-folder" / "text_encoder").mkdir(parents=True)  # a diffusers output goes to text_encoder/
+    (root / "existing-folder" / "text_encoder" / "keep.txt").write_text("the user's encoder")
     (root / "folder.png").mkdir()
     return {
         "sd": root / "tiny-sd", "sdxl": root / "tiny-sdxl", "long_clip": root / "longclip.safetensors",
@@ -121,4 +121,4 @@ def test_bad_cli_input_exits_2_with_one_line(
     assert captured.out == ""
     assert not list(tmp_path.iterdir())  # nothing written
     assert (inputs["existing_file"]).read_bytes() == b"the user's file"
-    assert sorted(p.name for p in inputs["existing_folder"].iterdir()) == ["keep.txt"]
+    assert [p.name for p in inputs["existing_folder"].rglob("*")] == ["text_encoder", "keep.txt"]

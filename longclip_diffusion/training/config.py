@@ -103,14 +103,15 @@ class TrainConfig:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError("lr", f"must be a positive number, got {self.lr}")
-        for name, below_one, up_to_one in (
-            ("label_smoothing", True, False), ("beta1", True, False), ("beta2", True, False),
-            ("max_bad_fraction", False, True), ("weight_decay", False, False),
+        for name, bounds, ok in (  # written so that NaN fails too
+            ("label_smoothing", "in [0, 1)", 0 <= self.label_smoothing < 1),
+            ("beta1", "in [0, 1)", 0 <= self.beta1 < 1),
+            ("beta2", "in [0, 1)", 0 <= self.beta2 < 1),
+            ("max_bad_fraction", "from 0 to 1", 0 <= self.max_bad_fraction <= 1),
+            ("weight_decay", "0 or more", self.weight_decay >= 0),
         ):
-            value = getattr(self, name)
-            if not (value >= 0.0 and (value < 1.0 or not below_one) and (value <= 1.0 or not up_to_one)):
-                bounds = "in [0, 1)" if below_one else ("from 0 to 1" if up_to_one else "0 or more")
-                raise ConfigError(name, f"must be {bounds}, got {value}")
+            if not ok:
+                raise ConfigError(name, f"must be {bounds}, got {getattr(self, name)}")
         if self.logit_scale_init is not None and not math.isfinite(self.logit_scale_init):
             raise ConfigError("logit_scale_init", f"must be a finite number, got {self.logit_scale_init}")
         if not self.output_dir.strip():
@@ -131,11 +132,12 @@ class TrainConfig:
 
 def _checked_type(name: str, value: Any, kind: Any) -> Any:
     """``value`` if it fits the field's type (a string holding a number is read as one for float fields)."""
-    options = [t for t in typing.get_args(kind) if t is not type(None)] if typing.get_origin(kind) is not list else []
-    optional = len(options) == 1 and type(None) in typing.get_args(kind)
-    base = options[0] if optional else kind
-    if optional and value is None:
+    if typing.get_origin(kind) is list:
+        base = list
+    elif value is None and type(None) in typing.get_args(kind):
         return None
+    else:
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     if base is bool:
         ok = isinstance(value, bool)
         expected = "true or false"

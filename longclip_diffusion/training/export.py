@@ -64,18 +64,17 @@ def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | t
     written: dict[str, Path] = {}
     for name in formats:
         target = directory / EXPORT_PATHS[name]
-        if name in ("openai", "comfy"):
-            with atomic_file(target) as temporary:
-                if name == "openai":
-                    checkpoints.save_openai_file(plain, temporary)
-                else:
-                    checkpoints.save_comfy_file(text_encoder_from_clip(plain), temporary)
+        # the paths were checked above (ours from an earlier export, or new): replacing them is allowed
+        if name == "openai":
+            checkpoints.save_openai_file(plain, target, overwrite=True)
+        elif name == "comfy":
+            checkpoints.save_comfy_file(text_encoder_from_clip(plain), target, overwrite=True)
+        elif name == "diffusers":
+            with atomic_folder(target) as staging:  # whole, so nothing of an older export lingers
+                checkpoints.save_diffusers(text_encoder_from_clip(plain), staging)
         else:
             with atomic_folder(target) as staging:
-                if name == "diffusers":
-                    checkpoints.save_diffusers(text_encoder_from_clip(plain), staging)
-                else:
-                    plain.save_pretrained(str(staging))
+                plain.save_pretrained(str(staging))
         written[name] = target
         _record_export(directory, name)
     return written

@@ -4,7 +4,8 @@ Formats read (detected from key names, never from the file name):
 
 * ``openai`` — the released Long-CLIP files (``longclip-L.pt``, ``longclip-B.pt``) and OpenAI/OpenCLIP state dicts:
   ``transformer.resblocks.*``, ``token_embedding.weight``, ``positional_embedding`` (+ ``positional_embedding_res``),
-  ``ln_final.*``, ``text_projection``, optionally ``visual.*``. As a torch pickle or safetensors.
+  ``ln_final.*``, ``text_projection``, optionally ``visual.*``. As a torch pickle or safetensors. Such a file names
+  no activation: see :func:`openai_layout_activation` (OpenAI's CLIP uses QuickGELU, OpenCLIP's H/g/bigG GELU).
 * ``transformers`` — Hugging Face CLIP layouts (``CLIPModel``, ``CLIPTextModel``, ``CLIPTextModelWithProjection``):
   a folder or Hub id with ``config.json``, or a bare state dict.
 * ``comfy`` — ComfyUI's single-file text encoder: transformers key names (``text_model.*``,
@@ -62,6 +63,10 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _PRETRAINED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _CLIP_MODEL_TYPES = ("clip_text_model", "clip")
 _FILE_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"\x1f\x8b": "a gzip archive"}
+ACTIVATIONS = ("auto", "gelu", "quick_gelu")
+OPENAI_MAX_TEXT_LAYERS = 12  # no OpenAI CLIP text tower is deeper; OpenCLIP H/g have 24, bigG 32
+# OpenCLIP vision towers whose heads are not 64 wide (ViT-H/14: 80, ViT-g/14: 88, ViT-bigG/14: 104; 16 heads each)
+OPENCLIP_VISION_HEADS = {1280: 16, 1408: 16, 1664: 16}
 
 
 class CheckpointError(ValueError):
@@ -94,6 +99,20 @@ def attention_heads(width: int) -> int:
             "expected a width such as 512, 768, 1024 or 1280."
         )
     return heads
+
+
+def openai_layout_activation(text_layers: int, hidden_act: str = "auto") -> str:
+    """The activation of an OpenAI-layout file, which does not record it: ``hidden_act`` when given, else ``"gelu"``
+    for a text tower deeper than OpenAI's (OpenCLIP ViT-H/g/bigG, trained with GELU) and ``"quick_gelu"`` otherwise.
+
+    A QuickGELU OpenCLIP model of that depth (e.g. DFN5B/MetaCLIP ``-quickgelu``) or a GELU one of 12 layers (LAION
+    ViT-B/L) needs ``hidden_act`` given explicitly.
+    """
+    if hidden_act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}, got {hidden_act!r}")
+    if hidden_act != "auto":
+        return hidden_act
+    return "gelu" if text_layers > OPENAI_MAX_TEXT_LAYERS else "quick_gelu"
 
 
 def clip_text_config(
@@ -288,7 +307,7 @@ def effective_position_table(state_dict: dict[str, torch.Tensor], keep: int = KE
     return torch.cat([table[:keep], residual[keep:]])
 
 
-def _openai_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextConfig:
+def _openai_text_config(state_dict: dict[str, torch.Tensor], hidden_act: str = "auto") -> CLIPTextConfig:
     """Config of an OpenAI-layout text tower, after checking every tensor it needs is there with a consistent shape."""
     required = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias")
     layers = count_layers(state_dict, "transformer.resblocks.")
@@ -325,6 +344,7 @@ def _openai_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextConfig:
         projection_dim=projection.shape[1] if projection is not None else width,
         num_hidden_layers=layers,
         max_position_embeddings=num_positions,
+        hidden_act=openai_layout_activation(layers, hidden_act),
     )
 
 
@@ -374,7 +394,7 @@ def _check_shapes(state_dict: dict[str, torch.Tensor], expected: dict[str, tuple
         )
 
 
-def _openai_vision_config(state_dict: dict[str, torch.Tensor]) -> CLIPVisionConfig:
+def _openai_vision_config(state_dict: dict[str, torch.Tensor], hidden_act: str) -> CLIPVisionConfig:
     required = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "visual.class_embedding")
     missing = [key for key in required if key not in state_dict]
     if "visual.transformer.resblocks.0.mlp.c_fc.weight" not in state_dict:
@@ -389,10 +409,10 @@ def _openai_vision_config(state_dict: dict[str, torch.Tensor]) -> CLIPVisionConf
         intermediate_size=state_dict["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         projection_dim=_shape(state_dict, "visual.proj", 2)[1],
         num_hidden_layers=count_layers(state_dict, "visual.transformer.resblocks."),
-        num_attention_heads=attention_heads(width),
+        num_attention_heads=OPENCLIP_VISION_HEADS.get(width) or attention_heads(width),
         image_size=patch * grid,
         patch_size=patch,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,
     )
 
 
@@ -424,11 +444,14 @@ def _convert_blocks(state_dict: dict[str, torch.Tensor], source: str, target: st
 
 
 def openai_to_transformers(
-    state_dict: dict[str, torch.Tensor], keep: int = KEEP
+    state_dict: dict[str, torch.Tensor], keep: int = KEEP, hidden_act: str = "auto"
 ) -> tuple[CLIPConfig | CLIPTextConfig, dict[str, torch.Tensor]]:
-    """Convert an OpenAI/Long-CLIP state dict to transformers names (``CLIPModel`` if it has a vision tower)."""
+    """Convert an OpenAI/OpenCLIP/Long-CLIP state dict to transformers names (``CLIPModel`` if it has a vision tower).
+
+    ``hidden_act``: see :func:`openai_layout_activation`; both towers get the same one.
+    """
     state_dict = _strip_module_prefix(state_dict)
-    text_config = _openai_text_config(state_dict)
+    text_config = _openai_text_config(state_dict, hidden_act)
     converted = _convert_blocks(state_dict, "transformer.resblocks.", "text_model.encoder.layers.")
     converted.update(
         {
@@ -461,7 +484,7 @@ def openai_to_transformers(
         converted["logit_scale"] = state_dict["logit_scale"]
     config = CLIPConfig(
         text_config=text_config.to_dict(),
-        vision_config=_openai_vision_config(state_dict).to_dict(),
+        vision_config=_openai_vision_config(state_dict, text_config.hidden_act).to_dict(),
         projection_dim=text_config.projection_dim,
     )
     return config, converted
@@ -482,13 +505,15 @@ def _transformers_text_config(state_dict: dict[str, torch.Tensor]) -> CLIPTextCo
         )
     vocab_size, width = _shape(state_dict, "text_model.embeddings.token_embedding.weight", 2)
     projection = state_dict.get("text_projection.weight")
+    layers = count_layers(state_dict, "text_model.encoder.layers.")
     return clip_text_config(
         vocab_size=vocab_size,
         hidden_size=width,
         intermediate_size=_shape(state_dict, "text_model.encoder.layers.0.mlp.fc1.weight", 2)[0],
         projection_dim=projection.shape[0] if projection is not None else width,
-        num_hidden_layers=count_layers(state_dict, "text_model.encoder.layers."),
+        num_hidden_layers=layers,
         max_position_embeddings=_shape(state_dict, "text_model.embeddings.position_embedding.weight", 2)[0],
+        hidden_act=openai_layout_activation(layers),
     )
 
 
@@ -712,8 +737,14 @@ def _hub_single_checkpoint(repo_id: str) -> Path | None:
     return Path(hf_hub_download(repo_id, files[0]))
 
 
-def load_clip_model(source: str | os.PathLike | CLIPModel, keep: int = KEEP) -> CLIPModel:
-    """Load both towers as a transformers ``CLIPModel`` (an OpenAI file with ``visual.*`` or a CLIPModel folder)."""
+def load_clip_model(source: str | os.PathLike | CLIPModel, keep: int = KEEP, hidden_act: str = "auto") -> CLIPModel:
+    """Load both towers as a transformers ``CLIPModel``: an OpenAI/OpenCLIP file with ``visual.*`` (e.g. OpenCLIP's
+    ``open_clip_pytorch_model.bin`` of ViT-bigG/14) or a CLIPModel folder (e.g. LAION's transformers bigG).
+
+    ``hidden_act`` applies to OpenAI-layout files only (a folder's config names its activation); see
+    :func:`openai_layout_activation`.
+    """
+    openai_layout_activation(0, hidden_act)  # refuse a bad value before reading anything
     if isinstance(source, CLIPModel):
         return source
     path = Path(source)
@@ -725,7 +756,7 @@ def load_clip_model(source: str | os.PathLike | CLIPModel, keep: int = KEEP) -> 
             raise CheckpointError("a single-file text encoder has no vision tower; a CLIPModel needs both.")
         if "visual.proj" not in state_dict:
             raise CheckpointError("has no vision tower (`visual.*`); a CLIPModel needs both towers.")
-        config, converted = openai_to_transformers(state_dict, keep)
+        config, converted = openai_to_transformers(state_dict, keep, hidden_act)
         return _build(CLIPModel, config, converted)
 
 

@@ -137,6 +137,23 @@ def test_windows_mode_layout_and_pooled():
     torch.testing.assert_close(pooled[0], pooled_0)
 
 
+def test_windows_weighting_is_per_window_as_comfyui():
+    """A weighted token in the second window is weighted around the empty *window* at its slot (ComfyUI core's
+    encode_token_weights per 77-token chunk), not around the laid-out empty prompt at its 248-position index."""
+    components = tiny_sdxl_components(long_clip=True)
+    stock_bigg = copy.deepcopy(components["text_encoder_2"])
+    pipeline = apply_long_clip(LongCLIPStableDiffusionXLPipeline(**components), None, bigg="windows")
+    prompt = " ".join(["stone bridge"] * 40) + " (stone bridge:1.5) " + " ".join(["stone bridge"] * 9)
+    embeds = encode(pipeline, prompt, do_classifier_free_guidance=False)[0][0, :, WIDTH_L:]
+    ids = ids_of(prompt.replace("(", "").replace(":1.5)", ""))
+    window_1, _ = bigg_states(stock_bigg, ids[75:], 77)
+    empty_window, _ = bigg_states(stock_bigg, [], 77)
+    # Tokens 81 and 82 sit in window 1 at slots 6 and 7.
+    torch.testing.assert_close(embeds[81:83], empty_window[6:8] + 1.5 * (window_1[6:8] - empty_window[6:8]))
+    torch.testing.assert_close(embeds[76:81], window_1[1:6])
+    torch.testing.assert_close(embeds[83:102], window_1[8:27])
+
+
 def test_encode_windows_full_window_and_empty_prompt():
     bigg = tiny_sdxl_components()["text_encoder_2"]
     tokenizer = load_tokenizer()

@@ -136,12 +136,27 @@ def _check_image_output(output: str) -> tuple[Path, str]:
     return path, image_format
 
 
+def _index_folder(base: Path | str) -> Path | None:
+    """The folder holding ``base``'s ``model_index.json``: ``base`` itself, or for a Hub id the cached snapshot (the
+    file is fetched if needed — a few hundred bytes ``from_pretrained`` reads first anyway)."""
+    if isinstance(base, Path):
+        return base
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(base, "model_index.json")).parent
+    except (OSError, ValueError, EntryNotFoundError):
+        return None  # not a pipeline repo, gated, or not cached offline: the loader reports it
+
+
 def _pick_family(args: argparse.Namespace, base: Path | str | None) -> str:
-    """The family to run: the one the base folder's ``model_index.json`` names, checked against ``--family``."""
+    """The family to run: the one the base's ``model_index.json`` names, checked against ``--family``."""
     from .sources import detect_family
 
     asked = args.family or ("sdxl" if args.sdxl else None)
-    detected = detect_family(base) if isinstance(base, Path) else None
+    folder = _index_folder(base) if base is not None else None
+    detected = detect_family(folder) if folder is not None else None
     if asked and args.sdxl and args.family not in (None, "sdxl"):
         raise CommandError(f"--sdxl and --family {args.family} disagree; give one of them.")
     if detected and asked and detected != asked:

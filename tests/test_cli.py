@@ -260,6 +260,19 @@ def test_generate_reads_the_family_from_the_folder(tmp_path):
     assert np.asarray(Image.open(output)).shape == (32, 32, 3)
 
 
+def test_family_of_a_cached_hub_base(tmp_path, monkeypatch, capsys):
+    """A Hub id whose snapshot is cached: the family comes from its model_index.json, as for a folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--owner--tiny-sdxl"
+    _write_index(repo / "snapshots" / "abc123", "StableDiffusionXLPipeline")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert main(["generate", "a cat", "--base", "owner/tiny-sdxl", "--family", "sd15", "--long-clip", "stretch"]) == 2
+    assert "--base owner/tiny-sdxl is a model of the SDXL family" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("given", ["--height", "--width"])
 def test_one_side_given_keeps_the_native_other(models, tmp_path, given):
     output = tmp_path / "one-side.png"

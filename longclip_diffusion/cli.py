@@ -8,11 +8,10 @@ line on stderr naming the argument, what is wrong and what to do.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .defaults import (
     CLIP_TOKEN_LIMIT,
@@ -23,6 +22,9 @@ from .defaults import (
     SPECIAL_TOKENS_PER_PROMPT,
     content_tokens,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("diffusers", "comfy", "openai")
 # The class `longclip_diffusion.pipelines` exports for each family; looked up by name, so a family works as soon as
@@ -188,7 +190,8 @@ def _pipeline_class(family: str):
     return pipeline_class
 
 
-def _check_device(device: str | None) -> tuple[str, object]:
+def _check_device(device: str | None) -> tuple[str, torch.dtype]:
+    """``--device`` checked (a torch device that exists here), or the default; and its dtype."""
     import torch
 
     from .defaults import pick_device_and_dtype
@@ -217,7 +220,7 @@ def _fill_size(pipeline, height: int | None, width: int | None) -> tuple[int | N
 
 
 def generate(args: argparse.Namespace) -> None:
-    """Text to image with a Long-CLIP pipeline (SD 1.x/2.x, SDXL; the family is read from a local base folder)."""
+    """Text to image with a Long-CLIP pipeline (SD 1.x/2.x or SDXL, read from the base's model_index.json)."""
     from .sources import resolve_source
 
     output, image_format = _check_image_output(args.output)

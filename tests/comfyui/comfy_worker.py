@@ -29,6 +29,7 @@ import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as core_nodes  # noqa: E402
 import tiny_models  # noqa: E402
+from longclip_diffusion import prompts  # noqa: E402
 
 WORK = Path(sys.argv[1])
 TEXT_ENCODERS = WORK / "models" / "text_encoders"
@@ -219,6 +220,39 @@ def scenario_sdxl_windows():
         "very_long_shape": list(very_long.shape),
         "clip_l_vs_stretch_mode": diff(cond[..., :768], stretched_cond[..., :768]),
     }
+
+
+def scenario_windows_vs_core():
+    """The node's clip_g windows (ComfyUI's encoder and weighting) against the core's prompts.encode_windows (what the
+    diffusers SDXL pipeline's "windows" mode runs) on the same bigG weights: one definition of windowed weighting."""
+    from transformers import CLIPTextModelWithProjection
+
+    from longclip_diffusion import checkpoints, tokenizer
+
+    args.fp32_text_enc = True
+    name = write_long_clip_l()
+    base, g_sd = sdxl_clip()
+    (clip,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4, clip_g_mode="windows")
+    config = checkpoints.clip_text_config(hidden_size=1280, intermediate_size=256, num_hidden_layers=3,
+                                          max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
+    clip_g = CLIPTextModelWithProjection(config).eval()  # bigG's config (gelu), the tiny shapes of sdxl_clip()
+    clip_g.load_state_dict({key: value.float() for key, value in g_sd.items()})
+    texts = {
+        "long": long_prompt("red"),
+        "long weighted": long_prompt("(red:1.4)").replace("object3 is round", "(object3 is round:0.6)"),
+        "short weighted": "a photo of a (cat:1.5) on a ((mat))",
+        "empty": "",
+    }
+    found = {}
+    for case, text in texts.items():
+        cond, pooled = encode(clip, text)
+        with torch.no_grad():
+            core = prompts.encode_windows(clip_g, tokenizer.default_tokenizer(), [text], length=248, pad_token_id=0,
+                                          hidden_state="penultimate")
+        found[case] = {"hidden": diff(cond[..., 768:], core.hidden_states), "pooled": diff(pooled, core.pooled),
+                       "shape": list(cond.shape)}
+    args.fp32_text_enc = False
+    return found
 
 
 def scenario_stretch():
@@ -469,6 +503,8 @@ def scenario_sd3():
     core_red, core_red_extra = sd3(core, long_prompt("red"))
     core_blue, core_blue_extra = sd3(core, long_prompt("blue"))
     negative, negative_extra = sd3(ours, "")
+    plain, plain_pooled = encode(ours, long_prompt("red"))  # core CLIPTextEncode: all three encoders read the text
+    core_plain, core_plain_pooled = encode(core, long_prompt("red"))
     windows_red, _ = sd3(windows, long_prompt("red"))
     windows_blue, _ = sd3(windows, long_prompt("blue"))
     torch.manual_seed(0)
@@ -494,6 +530,8 @@ def scenario_sd3():
         "g_max_length": ours.tokenizer.clip_g.max_length,
         "cond_vs_core": diff(red, core_red),
         "pooled_vs_core": diff(red_extra["pooled_output"], core_red_extra["pooled_output"]),
+        "plain_shape": list(plain.shape),
+        "plain_vs_core": max(diff(plain, core_plain), diff(plain_pooled, core_plain_pooled)),
         "core_late_words_change": diff(core_red, core_blue),
         "clip_l_late_words_change": diff(red[:, 150:248, :768], blue[:, 150:248, :768]),
         "clip_g_late_words_change": diff(red[:, 150:248, 768:2048], blue[:, 150:248, 768:2048]),

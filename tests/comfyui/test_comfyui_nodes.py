@@ -33,7 +33,8 @@ def stand_in(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(stand_in, tmp_path_factory):
     """One ComfyUI process runs every in-process scenario (start-up is the slow part)."""
-    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "stretch", "token_count", "fidelity", "flux", "sd3", "bad_input"]
+    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "windows_vs_core", "stretch", "token_count", "fidelity", "flux",
+                 "sd3", "bad_input"]
     if os.environ.get("LONGCLIP_COMFYUI_FULL_SIZE", "1") != "0":
         scenarios.append("roundtrip")
     found = run_worker(tmp_path_factory.mktemp("comfy-work"), stand_in, *scenarios)
@@ -91,6 +92,15 @@ def test_sdxl_node_windows_mode_lays_clip_g_windows_onto_248_positions(results):
     assert windows["clip_l_vs_stretch_mode"] == 0.0
 
 
+@pytest.mark.parametrize("case", ["long", "long weighted", "short weighted", "empty"])
+def test_windows_mode_equals_the_core_encode_windows(results, case):
+    """One definition of clip_g windows and their weighting: the node (ComfyUI's encoder, tokenizer and weighting) and
+    longclip_diffusion.prompts.encode_windows (the diffusers SDXL "windows" mode) agree on the same bigG weights."""
+    found = result(results, "windows_vs_core")[case]
+    assert found["shape"] == [1, 248, 2048]
+    assert found["hidden"] < 1e-5 and found["pooled"] < 1e-5  # fp32; batched vs separate matmuls ≈ 1e-6
+
+
 def test_stretch_node_applies_kps_to_every_encoder(results):
     stretch = result(results, "stretch")
     assert stretch["shape"] == [1, 248, 2048] and stretch["pooled_shape"] == [1, 1280]
@@ -142,6 +152,7 @@ def test_sd3_loader_equals_core_sd3_text_model_and_sampler(results):
     assert sd3["shape"] == [1, 248 + 77, 4096] and sd3["pooled_shape"] == [1, 2048]
     assert sd3["l_max_length"] == sd3["g_max_length"] == 248
     assert sd3["cond_vs_core"] == sd3["pooled_vs_core"] == 0.0 and sd3["image_vs_core"] == 0.0
+    assert sd3["plain_shape"][1] > 248 and sd3["plain_vs_core"] == 0.0  # CLIPTextEncode works on it too
     assert sd3["core_late_words_change"] > 1e-3  # the reference itself sees the changed word
     assert sd3["clip_l_late_words_change"] > 1e-3 and sd3["clip_g_late_words_change"] > 1e-3
     assert sd3["pooled_late_words_change"] > 1e-4

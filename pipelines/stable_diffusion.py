@@ -97,6 +97,7 @@ def encode_prompt(
     (`(words:1.3)`, `(words)`, `[words]`). Tokens past the encoder's length are dropped with a warning naming them.
     Bad arguments (an empty prompt list, embeddings of the wrong shape, NaN/Inf embeddings) raise a `ValueError`.
     """
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.encode_prompt
     prompts = prompt_list(prompt, prompt_embeds)
     batch_size = len(prompts) if prompts is not None else prompt_embeds.shape[0]
     check_images_per_prompt(num_images_per_prompt)

@@ -199,6 +199,7 @@ def encode_prompt(
     and negative prompt alike. With `force_zeros_for_empty_prompt` in the config and no `negative_prompt`, the negative
     embeddings and pooled embeddings are zeros, as in stock SDXL. Bad arguments raise a `ValueError`.
     """
+    # Adapted from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline.encode_prompt
     device = device or self._execution_device
     prompts = prompt_list(prompt, prompt_embeds)
     batch_size = len(prompts) if prompts is not None else prompt_embeds.shape[0]

@@ -296,7 +296,10 @@ def stretch(args: argparse.Namespace) -> None:
 
     text_encoder = load_text_encoder(source, with_projection=args.with_projection, subfolder=args.subfolder)
     before = text_encoder.config.max_position_embeddings
-    stretch_text_encoder(text_encoder, keep=args.keep, ratio=args.ratio)
+    try:
+        stretch_text_encoder(text_encoder, keep=args.keep, ratio=args.ratio)
+    except ValueError as error:  # the library names its parameters; say the flags as typed
+        raise CommandError(str(error).replace("`keep`", "--keep").replace("`ratio`", "--ratio")) from None
     writer = save_comfy_file if to == "comfy" else save_diffusers
     writer(text_encoder, args.destination, overwrite=args.overwrite)
     after = text_encoder.config.max_position_embeddings

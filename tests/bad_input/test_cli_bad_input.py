@@ -70,6 +70,8 @@ CASES = [
     (["stretch", "{sd}", "{existing_folder}", "--subfolder", "text_encoder"], "already exists", None),
     (["stretch", "{sd}", "out.safetensors", "--ratio", "1"], "argument --ratio: expected a whole number ≥ 2", None),
     (["stretch", "{sd}", "out.safetensors", "--keep", "-1"], "argument --keep", None),
+    (["stretch", "{sd}", "out.safetensors", "--subfolder", "text_encoder", "--keep", "500"],
+     "--keep must be between 0 and 75", None),
     (["stretch", "a/b/c", "out.safetensors"], "source: no such file or folder: a/b/c", None),
     (["stretch", "{sd}", "out", "--to", "openai"], "argument --to: invalid choice: 'openai'", None),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import types
 
@@ -157,6 +158,13 @@ class LongCLIPLoader(io.ComfyNode):
     def execute(cls, clip_name, device="default") -> io.NodeOutput:
         options = device_options(device)
         state_dict = comfy_format.load_comfy_text_encoder(encoder_path(clip_name, "clip_name"))
+        width = state_dict[comfy_format.TABLE].shape[1]
+        if width != inputs.SLOT_WIDTHS["clip_l"]:  # the model it feeds is not known here: warn, the sampler would fail
+            logging.warning(
+                "Long-CLIP Loader: %s is a %d-wide text encoder; SD 1.x (and the clip_l of SDXL, SD3, Flux) reads 768, "
+                "so sampling with it will fail with a shape error. Use a Long-CLIP-L file (longclip-L.pt).",
+                clip_name, width,
+            )
         clip = comfy.sd.load_text_encoder_state_dicts(
             [state_dict],
             embedding_directory=folder_paths.get_folder_paths("embeddings"),

@@ -41,11 +41,10 @@ folder_paths.add_model_folder_path("embeddings", str(EMBEDDINGS), is_default=Tru
 folder_paths.set_output_directory(str(WORK / "output"))
 
 
-def import_node_package():
-    """Import comfyui_node the way ComfyUI imports a custom-node folder, and list its nodes via comfy_entrypoint."""
+def import_node_package(folder=REPO / "comfyui_node", name="longclip_comfyui_node"):
+    """Import a custom-node folder the way ComfyUI does, and list its nodes via comfy_entrypoint."""
     spec = importlib.util.spec_from_file_location(
-        "longclip_comfyui_node", REPO / "comfyui_node" / "__init__.py",
-        submodule_search_locations=[str(REPO / "comfyui_node")],
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -89,7 +88,9 @@ def diff(a, b):
 
 def scenario_nodes():
     info = {node_id: cls.GET_SCHEMA().display_name for node_id, cls in NODES.items()}
-    return {"nodes": info}
+    # the Comfy registry / ComfyUI-Manager layout: the whole repository cloned into custom_nodes/
+    repository = import_node_package(REPO, "longclip_diffusion_repository")
+    return {"nodes": info, "repository_nodes": sorted(repository)}
 
 
 def scenario_sd15():
@@ -587,6 +588,21 @@ def scenario_bad_input():
             found[case] = ["no error", ""]
         except Exception as error:
             found[case] = [type(error).__name__, str(error)]
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    collect = Collect()
+    logging.getLogger().addHandler(collect)
+    run_node("LongCLIPLoader", clip_name=narrow)  # the model it feeds is unknown here: loads, with a warning
+    logging.getLogger().removeHandler(collect)
+    found["Long-CLIP-B in the SD 1.x loader"] = ["warning", " ".join(m for m in collect.messages if "Long-CLIP" in m)]
     base_still_works, _ = encode(base, "a photo of a cat")  # a refused call leaves its input CLIP usable
     found["input CLIP still encodes"] = [list(base_still_works.shape), ""]
     return found

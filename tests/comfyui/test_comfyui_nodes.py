@@ -49,7 +49,9 @@ def result(results, scenario):
 
 
 def test_package_registers_every_node_through_comfy_entrypoint(results):
-    assert set(result(results, "nodes")["nodes"]) == {
+    nodes = result(results, "nodes")
+    assert sorted(nodes["nodes"]) == nodes["repository_nodes"]  # repository cloned into custom_nodes/ (registry)
+    assert set(nodes["nodes"]) == {
         "LongCLIPLoader", "LongCLIPSDXL", "LongCLIPFluxLoader", "LongCLIPSD3Loader", "LongCLIPStretchKPS",
         "LongCLIPPromptTokenCount", "SaveLongCLIP"}
 
@@ -180,6 +182,7 @@ BAD_INPUT = [
     ("device typo", "ValueError", "device must be one of default, cpu"),
     ("CLIP-L as SD3 clip_g", "ValueError", "768-wide text encoder; SD3's clip_g is CLIP-G/bigG (1280 wide)"),
     ("SD3 clip_g_mode typo", "ValueError", "got 'Windows'"),
+    ("Long-CLIP-B in the SD 1.x loader", "warning", "longclip-B-tiny.safetensors is a 512-wide text encoder"),
 ]
 
 

@@ -125,14 +125,18 @@ def tiny_flux_components(long_clip: bool = True, seed: int = 0, clip_width: int 
     }
 
 
-def tiny_sd3_components(long_clip: bool = True, seed: int = 0) -> dict:
+def tiny_sd3_components(
+    long_clip: bool = True, seed: int = 0, clip_l_width: int = 16, clip_l_projection: int | None = None, t5_width: int = 64
+) -> dict:
     """Tiny SD3 components: transformer, VAE (16 latent channels), flow-match scheduler, a CLIP-L-like
-    ``text_encoder`` (with projection, ``quick_gelu``; 248 positions if ``long_clip``), a bigG-like
-    ``text_encoder_2`` (with projection, ``gelu``, 77 positions as SD3 ships it; ``tokenizer_2`` pads with ``"!"``),
-    and T5 wider than both CLIPs together (16 + 32 < 64), as in SD3 (768 + 1280 < 4096)."""
+    ``text_encoder`` (with projection, ``quick_gelu``; 248 positions if ``long_clip``; ``clip_l_width`` wide, projecting
+    to ``clip_l_projection``, default its width), a bigG-like ``text_encoder_2`` (with projection, ``gelu``, 77
+    positions as SD3 ships it; ``tokenizer_2`` pads with ``"!"``), and T5 wider than both CLIPs together (16 + 32 < 64
+    by default), as in SD3 (768 + 1280 < 4096)."""
     from .testing import sdxl_tokenizer_2
 
-    width_l, width_g, width_t5 = 16, 32, 64
+    width_l, width_g, width_t5 = clip_l_width, 32, t5_width
+    projection_l = clip_l_projection or width_l
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=32,
@@ -144,9 +148,9 @@ def tiny_sd3_components(long_clip: bool = True, seed: int = 0) -> dict:
         num_attention_heads=4,
         caption_projection_dim=32,
         joint_attention_dim=width_t5,
-        pooled_projection_dim=width_l + width_g,
+        pooled_projection_dim=projection_l + width_g,
     )
-    config_l = clip_text_config(hidden_size=width_l, num_attention_heads=2, projection_dim=width_l)
+    config_l = clip_text_config(hidden_size=width_l, num_attention_heads=2, projection_dim=projection_l)
     config_g = clip_text_config(hidden_size=width_g, projection_dim=width_g, hidden_act="gelu")
     tokenizer_3 = tiny_t5_tokenizer()
     return {

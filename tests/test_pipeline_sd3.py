@@ -299,3 +299,29 @@ def test_lora_through_diffusers_loader(tmp_path):
     for got, want in zip(after, encode(reference, LONG)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert (after[2] - before).abs().max() > 1e-3
+
+
+def test_clip_l_pooled_is_reference_projected_end_of_text_feature(tmp_path, reference, reference_checkpoint):
+    """SD3's pooled vector starts with Long-CLIP-L's projected end-of-text feature: the official code's `encode_text`,
+    read from the official file format, for every fixture text without weighting syntax."""
+    components = tiny_sd3_components(long_clip=False, clip_l_width=128, clip_l_projection=64, t5_width=192)
+    StableDiffusion3Pipeline(**components).save_pretrained(tmp_path / "sd3")
+    pipeline = LongCLIPStableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", long_clip=reference_checkpoint)
+    rows = [row for row, text in enumerate(reference["texts"]) if not any(c in text for c in "()[]\\")]
+    _, _, pooled, _ = encode(pipeline, [reference["texts"][row] for row in rows], do_classifier_free_guidance=False)
+    assert pooled.shape == (len(rows), 64 + WIDTH_G)
+    torch.testing.assert_close(pooled[:, :64], reference["text_embeds"][rows], **TOLERANCE)
+
+
+def test_cli_generate_family_sd3(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from longclip_diffusion.cli import main
+
+    StableDiffusion3Pipeline(**tiny_sd3_components(long_clip=False)).save_pretrained(tmp_path / "tiny-sd3")
+    output = tmp_path / "sd3.png"
+    args = ["generate", LONG, "-n", "blurry", "--family", "sd3", "--steps", "2", "--height", "16", "--width", "16",
+            "--base", str(tmp_path / "tiny-sd3"), "--long-clip", "stretch", "--device", "cpu", "-o", str(output)]
+    assert main(args) == 0
+    assert np.asarray(Image.open(output)).shape == (16, 16, 3)

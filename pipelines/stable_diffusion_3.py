@@ -37,6 +37,7 @@ from diffusers.loaders import SD3LoraLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..checkpoints import text_encoder_width
+from ..positions import CLIP_POSITIONS
 from ..prompts import encode_prompts, encode_t5_prompts, encode_windows, num_positions
 from ..tokenizer import END_OF_TEXT, load_tokenizer
 from .core import (
@@ -47,6 +48,7 @@ from .core import (
     check_finite,
     check_images_per_prompt,
     check_prompt_embeds,
+    check_stretchable,
     checked_call,
     dtype_argument,
     get_setting,
@@ -208,18 +210,6 @@ def _load_bigg(source: Any, expected_width: int | None = None, dtype: torch.dtyp
     )
 
 
-def _prepare_bigg(pipeline: DiffusionPipeline, bigg: Any, length: int, keep: int) -> str:
-    """Put bigG in the requested mode (in place); returns the mode stored in the settings."""
-    if is_mode(bigg, Mode.WINDOWS) or is_mode(bigg, Mode.SUPPLIED):
-        return str(bigg)
-    if is_mode(bigg, Mode.STRETCH):
-        if num_positions(pipeline.text_encoder_2) < length:  # a saved, already stretched bigG stays as it is
-            stretch_encoder(pipeline, "text_encoder_2", keep)
-        return str(Mode.STRETCH)
-    put_encoder(pipeline, "text_encoder_2", _load_bigg(bigg, text_encoder_width(pipeline.text_encoder_2)))
-    return str(Mode.SUPPLIED)
-
-
 def apply_long_clip_sd3(pipeline: DiffusionPipeline, long_clip: Any = None, keep: int = 20, bigg: Any = None) -> DiffusionPipeline:
     """Make an existing SD3 pipeline of any kind (text-to-image, img2img, inpaint, ControlNet) read 248 tokens with
     both CLIP encoders, in place.
@@ -227,28 +217,42 @@ def apply_long_clip_sd3(pipeline: DiffusionPipeline, long_clip: Any = None, keep
     ``long_clip``: Long-CLIP-L for ``text_encoder`` (any checkpoint format or model, read with its projection), or
     ``"stretch"`` to stretch SD3's own CLIP-L (KPS; refused when it is already long); ``None`` leaves an already long
     one. ``bigg``: ``"stretch"``, ``"windows"``, or a 248-position bigG checkpoint/model; ``None`` keeps the configured
-    mode (default ``"stretch"``). New encoders are read and checked (width) before old ones are released (see
-    :mod:`.core`). ``encode_prompt`` becomes Long-CLIP's; T5 is untouched.
+    mode (default ``"stretch"``). All new encoders are read and checked (width) before anything in the pipeline
+    changes, so a failed call leaves it as it was (see :mod:`.core`). ``encode_prompt`` becomes Long-CLIP's; T5 is
+    untouched.
     """
     bigg = bigg if bigg is not None else get_setting(pipeline, BIGG_MODE, Mode.STRETCH)
     if isinstance(bigg, str) and bigg not in BIGG_MODES:
         raise ValueError(f"`bigg` must be one of {list(BIGG_MODES)} or a bigG checkpoint/model; got {bigg!r}.")
-    if long_clip is None and num_positions(pipeline.text_encoder) <= 77:
+    if long_clip is None and num_positions(pipeline.text_encoder) <= CLIP_POSITIONS:
         raise ValueError(
             f"`text_encoder` of {type(pipeline).__name__} reads {num_positions(pipeline.text_encoder)} positions; pass "
             "`long_clip` (a Long-CLIP-L checkpoint, or 'stretch')."
         )
+    # 1. Read and check everything new.
+    new_l = new_g = None
     if is_mode(long_clip, Mode.STRETCH):
-        stretch_encoder(pipeline, "text_encoder", keep)
-        set_settings(pipeline, **{PAD_TOKEN_ID: END_OF_TEXT})
+        check_stretchable(pipeline.text_encoder, "text_encoder")
     elif long_clip is not None:
         where = f"`text_encoder` of {type(pipeline).__name__} ({long_clip if isinstance(long_clip, str) else 'model'})"
         expected_width = text_encoder_width(pipeline.text_encoder)
-        encoder = load_encoder(long_clip, where=where, expected_width=expected_width, with_projection=True)
-        put_encoder(pipeline, "text_encoder", encoder)
+        new_l = load_encoder(long_clip, where=where, expected_width=expected_width, with_projection=True)
+    if not isinstance(bigg, str):
+        new_g = _load_bigg(bigg, text_encoder_width(pipeline.text_encoder_2))
+    # 2. Change the pipeline.
+    if is_mode(long_clip, Mode.STRETCH):
+        stretch_encoder(pipeline, "text_encoder", keep)
+        set_settings(pipeline, **{PAD_TOKEN_ID: END_OF_TEXT})
+    elif new_l is not None:
+        put_encoder(pipeline, "text_encoder", new_l)
         set_settings(pipeline, **{PAD_TOKEN_ID: 0})
     length = num_positions(pipeline.text_encoder)
-    set_settings(pipeline, **{BIGG_MODE: _prepare_bigg(pipeline, bigg, length, keep)})
+    if new_g is not None:
+        put_encoder(pipeline, "text_encoder_2", new_g)
+        bigg = Mode.SUPPLIED
+    elif is_mode(bigg, Mode.STRETCH) and num_positions(pipeline.text_encoder_2) < length:
+        stretch_encoder(pipeline, "text_encoder_2", keep)  # a saved, already stretched bigG stays as it is
+    set_settings(pipeline, **{BIGG_MODE: str(bigg)})
     pipeline.tokenizer.model_max_length = pipeline.tokenizer_max_length = length
     align_padding(pipeline.tokenizer, get_setting(pipeline, PAD_TOKEN_ID, 0))
     install_encode_prompt(pipeline, encode_prompt, LongCLIPStableDiffusion3Pipeline)

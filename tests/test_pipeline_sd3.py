@@ -231,6 +231,12 @@ def test_supplied_bigg_and_failures_leave_the_pipeline_as_it_was(tmp_path):
         apply_long_clip(pipeline, wide)
     with pytest.raises(ValueError, match="bigg"):
         apply_long_clip(pipeline, "stretch", bigg="stretched")
+    long_l = random_text_encoder(clip_text_config(hidden_size=WIDTH_L, num_attention_heads=2, projection_dim=WIDTH_L),
+                                 with_projection=True, long=True)
+    with pytest.raises(CheckpointError, match="48 wide"):  # CLIP-L fine, bigG wrong: neither is swapped
+        apply_long_clip(pipeline, long_l, bigg=wide)
+    with pytest.raises(CheckpointError, match="48 wide"):
+        apply_long_clip(pipeline, "stretch", bigg=wide)
     assert pipeline.text_encoder is original_l and pipeline.text_encoder_2 is original_g
     assert position_embedding(original_l).num_embeddings == 77 and position_embedding(original_g).num_embeddings == 77
 

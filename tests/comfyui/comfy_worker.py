@@ -375,13 +375,14 @@ def write_correct_table_l():
     return write_file("longclip-L-correct-table.safetensors", make)
 
 
-def core_flux_clip(clip_l_name, t5_name):
-    """What core DualCLIPLoader (type flux) builds, given the tiny shapes its fixed configs cannot infer."""
+def core_flux_clip(clip_l_name, t5_name, **t5_detected):
+    """What core DualCLIPLoader (type flux) builds, given the tiny shapes its fixed configs cannot infer (and what
+    core detects from T5's 24th block, which a tiny T5 lacks: ``t5xxl_scaled_fp8``)."""
     return comfy.sd.load_clip(
         [str(TEXT_ENCODERS / clip_l_name), str(TEXT_ENCODERS / t5_name)],
         embedding_directory=folder_paths.get_folder_paths("embeddings"),
         clip_type=comfy.sd.CLIPType.FLUX,
-        model_options={"model_config": dict(TINY_L), "t5xxl_model_config": TINY_T5},
+        model_options={"model_config": dict(TINY_L), "t5xxl_model_config": TINY_T5, **t5_detected},
     )
 
 
@@ -477,6 +478,39 @@ def scenario_flux():
         "late_words_change_pooled": diff(red_extra["pooled_output"], blue_extra["pooled_output"]),
         "lora_changes_pooled": diff(red_extra["pooled_output"], lora_extra["pooled_output"]),
     }
+
+
+def scenario_flux_fp8_t5():
+    """The fp8 T5 files users run (t5xxl_fp8_e4m3fn, and the scaled variant with per-weight scales) read as core
+    DualCLIPLoader reads them."""
+    from comfy_extras.nodes_flux import CLIPTextEncodeFlux
+
+    def fp8(scaled):
+        state_dict = {}
+        for key, value in tiny_models.t5_state_dict().items():
+            if key.endswith(".weight") and value.ndim == 2 and key != "shared.weight":
+                state_dict[key] = (value.float() * 2).to(torch.float8_e4m3fn) if scaled else value.to(torch.float8_e4m3fn)
+                if scaled:
+                    state_dict[key[: -len("weight")] + "scale_weight"] = torch.tensor(0.5)
+            else:
+                state_dict[key] = value
+        if scaled:
+            state_dict["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+        return state_dict
+
+    name, correct = write_long_clip_l(), write_correct_table_l()
+    found = {}
+    for variant, scaled in (("fp8", False), ("fp8_scaled", True)):
+        t5 = write_file(f"t5xxl-tiny-{variant}.safetensors", lambda: fp8(scaled))
+        (ours,) = run_node("LongCLIPFluxLoader", clip_l_name=name, t5xxl_name=t5)
+        core = core_flux_clip(correct, t5, **({"t5xxl_scaled_fp8": torch.float8_e4m3fn} if scaled else {}))
+        text = long_prompt("red")
+        cond, extra = conditioning(CLIPTextEncodeFlux.execute(ours, text, text, 3.5))
+        core_cond, core_extra = conditioning(CLIPTextEncodeFlux.execute(core, text, text, 3.5))
+        found[variant] = {"cond_vs_core": diff(cond, core_cond), "finite": bool(torch.isfinite(cond).all()),
+                          "t5_weight_dtype": str(ours.cond_stage_model.t5xxl.transformer.encoder.block[0].layer[0]
+                                                 .SelfAttention.q.weight.dtype)}
+    return found
 
 
 def scenario_sd3():

@@ -34,7 +34,7 @@ def stand_in(tmp_path_factory):
 def results(stand_in, tmp_path_factory):
     """One ComfyUI process runs every in-process scenario (start-up is the slow part)."""
     scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "windows_vs_core", "stretch", "token_count", "fidelity", "flux",
-                 "sd3", "bad_input"]
+                 "flux_fp8_t5", "sd3", "bad_input"]
     if os.environ.get("LONGCLIP_COMFYUI_FULL_SIZE", "1") != "0":
         scenarios.append("roundtrip")
     found = run_worker(tmp_path_factory.mktemp("comfy-work"), stand_in, *scenarios)
@@ -143,6 +143,14 @@ def test_flux_loader_equals_core_dualcliploader_fed_the_correct_table(results):
     assert flux["model_class"] == "Flux" and flux["image_finite"]
     assert flux["image_vs_core"] == 0.0 and flux["image_vs_core_raw_file"] > 1e-3
     assert flux["image_late_words_change"] > 1e-4  # only the pooled vector carries the changed last word here
+
+
+@pytest.mark.parametrize("variant", ["fp8", "fp8_scaled"])
+def test_flux_loader_reads_fp8_t5_files_as_core(results, variant):
+    fp8 = result(results, "flux_fp8_t5")[variant]
+    assert fp8["cond_vs_core"] == 0.0 and fp8["finite"]
+    if variant == "fp8_scaled":  # kept in fp8 with ComfyUI's scaled-fp8 operations, as core does
+        assert fp8["t5_weight_dtype"] == "torch.float8_e4m3fn"
 
 
 def test_sd3_loader_equals_core_sd3_text_model_and_sampler(results):

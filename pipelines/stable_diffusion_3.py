@@ -173,8 +173,8 @@ def encode_prompt(
 
     with scaled_lora(self, lora_scale, SD3LoraLoaderMixin, [self.text_encoder, self.text_encoder_2]):
         if prompt_embeds is None:
-            prompts_2 = batch_of(prompt_2, batch_size, "prompt_2", prompts)
-            prompts_3 = batch_of(prompt_3, batch_size, "prompt_3", prompts)
+            prompts_2 = batch_of(prompt_2 or None, batch_size, "prompt_2", prompts)  # "" → `prompt`, as diffusers
+            prompts_3 = batch_of(prompt_3 or None, batch_size, "prompt_3", prompts)
             prompt_embeds, pooled_prompt_embeds = _encode_texts(
                 self, prompts, prompts_2, prompts_3, clip_skip, max_sequence_length, device
             )
@@ -185,8 +185,8 @@ def encode_prompt(
             # As diffusers: "" by default, bigG and T5 read the first negative prompt unless given their own, and the
             # negative prompt is encoded without `clip_skip`.
             negatives = batch_of(negative_prompt, batch_size, "negative_prompt", [""] * batch_size)
-            negatives_2 = batch_of(negative_prompt_2, batch_size, "negative_prompt_2", negatives)
-            negatives_3 = batch_of(negative_prompt_3, batch_size, "negative_prompt_3", negatives)
+            negatives_2 = batch_of(negative_prompt_2 or None, batch_size, "negative_prompt_2", negatives)
+            negatives_3 = batch_of(negative_prompt_3 or None, batch_size, "negative_prompt_3", negatives)
             negative_prompt_embeds, negative_pooled_prompt_embeds = _encode_texts(
                 self, negatives, negatives_2, negatives_3, None, max_sequence_length, device
             )
@@ -202,11 +202,9 @@ def encode_prompt(
 
 def _load_bigg(source: Any, expected_width: int | None = None, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A user-supplied 248-position bigG (file, folder, Hub id or model), read and checked before any swap."""
-    from .stable_diffusion_xl import load_long_bigg  # OpenCLIP's GELU for a bigG read from a single file
-
     where = f"`text_encoder_2` (bigG) ({source if isinstance(source, str) else 'model'})"
     return load_encoder(
-        source, where=where, expected_width=expected_width, with_projection=True, dtype=dtype, loader=load_long_bigg
+        source, where=where, expected_width=expected_width, with_projection=True, dtype=dtype
     )
 
 

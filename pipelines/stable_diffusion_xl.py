@@ -49,7 +49,6 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
 from torch import nn
-from transformers.activations import ACT2FN
 
 from ..checkpoints import check_text_encoder_width, load_text_encoder
 from ..positions import CLIP_POSITIONS
@@ -260,25 +259,6 @@ def _check_options(bigg_mode: str, hidden_state: str) -> None:
         raise ValueError(f"`hidden_state` must be one of {HIDDEN_STATES}; got {hidden_state!r}.")
 
 
-def load_long_bigg(
-    source: Any, with_projection: bool = True, torch_dtype: torch.dtype | None = None
-) -> nn.Module:
-    """A user-supplied long bigG (file, folder, Hub id or model) as a ``CLIPTextModelWithProjection``.
-
-    Single files carry no activation; OpenCLIP's ViT-bigG uses GELU (OpenAI's CLIP QuickGELU), so a 1280-wide
-    encoder read from a file is switched to GELU.
-    """
-    model = load_text_encoder(source, with_projection=True, torch_dtype=torch_dtype)
-    config = model.config
-    from_file = isinstance(source, (str, Path)) and Path(source).is_file()
-    if from_file and config.hidden_size == 1280 and config.hidden_act == "quick_gelu":
-        config.hidden_act = "gelu"
-        for module in model.modules():
-            if hasattr(module, "activation_fn") and hasattr(module, "fc1"):
-                module.activation_fn = ACT2FN["gelu"]
-    return model
-
-
 def _source_name(source: Any) -> str:
     return str(source) if isinstance(source, (str, Path)) else type(source).__name__
 
@@ -333,7 +313,7 @@ def apply_long_clip_xl(
         clip_l_width = _width(new_clip_l if new_clip_l is not None else getattr(pipeline, "text_encoder", None))
         unet_width = _unet_width(pipeline)
         expected = unet_width - clip_l_width if unet_width is not None else None
-        new_bigg = load_encoder(bigg, where=where, expected_width=expected, with_projection=True, loader=load_long_bigg)
+        new_bigg = load_encoder(bigg, where=where, expected_width=expected, with_projection=True)
     bigg_positions = num_positions(new_bigg if new_bigg is not None else pipeline.text_encoder_2)
     if bigg_mode != Mode.WINDOWS and bigg_positions not in (CLIP_POSITIONS, length):
         raise ValueError(
@@ -476,7 +456,7 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             kwargs.setdefault("long_clip_pad_token_id", 0)
             long_clip = None
         if bigg is not None and not (isinstance(bigg, str) and bigg in BIGG_MODES):  # a checkpoint or model
-            kwargs.setdefault("text_encoder_2", load_long_bigg(bigg, torch_dtype=dtype))
+            kwargs.setdefault("text_encoder_2", load_text_encoder(bigg, with_projection=True, torch_dtype=dtype))
             bigg = Mode.SUPPLIED
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return apply_long_clip_xl(pipeline, long_clip, keep=keep, bigg=bigg, hidden_state=hidden_state)

@@ -214,7 +214,7 @@ def encode_prompt(
     encoders = [self.text_encoder, self.text_encoder_2]
     with scaled_lora(self, lora_scale, StableDiffusionXLLoraLoaderMixin, encoders):
         if prompt_embeds is None:
-            prompts_2 = batch_of(prompt_2, batch_size, "prompt_2", prompts)
+            prompts_2 = batch_of(prompt_2 or None, batch_size, "prompt_2", prompts)  # "" → `prompt`, as diffusers
             prompt_embeds, pooled = _encode_texts(self, prompts, prompts_2, clip_skip)
             if pooled_prompt_embeds is None:
                 pooled_prompt_embeds = pooled
@@ -225,7 +225,7 @@ def encode_prompt(
             negative_pooled_prompt_embeds = torch.zeros_like(pooled_prompt_embeds)
         elif do_classifier_free_guidance and negative_prompt_embeds is None:
             negatives = negative_prompts(prompt, negative_prompt, batch_size)
-            negatives_2 = batch_of(negative_prompt_2, batch_size, "negative_prompt_2", negatives)
+            negatives_2 = batch_of(negative_prompt_2 or None, batch_size, "negative_prompt_2", negatives)
             negative_prompt_embeds, negative_pooled = _encode_texts(self, negatives, negatives_2, clip_skip)
             if negative_pooled_prompt_embeds is None:
                 negative_pooled_prompt_embeds = negative_pooled

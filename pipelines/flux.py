@@ -24,13 +24,16 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline
 from diffusers.loaders import FluxLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
+from transformers import CLIPTokenizer
 
 from ..checkpoints import check_text_encoder_width
+from ..positions import CLIP_POSITIONS
 from ..prompts import encode_t5_prompts, end_of_text_states, num_positions, tokenize_prompt
 from ..tokenizer import load_tokenizer
 from .core import (
     Family,
     Mode,
+    batch_of,
     check_finite,
     check_images_per_prompt,
     check_prompt_embeds,
@@ -49,7 +52,7 @@ from .core import (
 
 
 def clip_pooled_output(
-    text_encoder: torch.nn.Module, tokenizer, prompts: list[str], device: torch.device | str | None = None
+    text_encoder: torch.nn.Module, tokenizer: CLIPTokenizer, prompts: list[str], device: torch.device | str | None = None
 ) -> torch.Tensor:
     """CLIP's pooled output (final-layer-norm state at end-of-text, not projected) from one pass of
     ``num_positions(text_encoder)`` tokens, weighting syntax parsed out of the text: ``[batch, width]``.
@@ -90,7 +93,7 @@ def encode_prompt(
 
     with scaled_lora(self, lora_scale, FluxLoraLoaderMixin, [self.text_encoder, self.text_encoder_2]):
         if prompt_embeds is None:
-            prompts_2 = prompt_list(prompt_2) if prompt_2 is not None else prompts
+            prompts_2 = batch_of(prompt_2 or None, len(prompts), "prompt_2", prompts)  # "" → `prompt`, as diffusers
             if isinstance(self, TextualInversionLoaderMixin):
                 prompts = self.maybe_convert_prompt(prompts, self.tokenizer)
                 prompts_2 = self.maybe_convert_prompt(prompts_2, self.tokenizer_2)
@@ -124,11 +127,17 @@ def apply_long_clip_flux(pipeline: DiffusionPipeline, long_clip: Any, keep: int 
     248 tokens into its pooled vector, in place.
 
     ``long_clip``: a Long-CLIP-L checkpoint in any format (file, folder, Hub id) or model, or ``"stretch"`` to stretch
-    the pipeline's own CLIP-L with KPS (training-free; refused when it is already long). The new encoder is read and
-    checked against the transformer's pooled width before the old one is released (see :mod:`.core`).
-    ``encode_prompt`` becomes Long-CLIP's; T5 is untouched.
+    the pipeline's own CLIP-L with KPS (training-free; refused when it is already long); ``None`` keeps an encoder that
+    is already long. The new encoder is read and checked against the transformer's pooled width before the old one is
+    released (see :mod:`.core`). ``encode_prompt`` becomes Long-CLIP's; T5 is untouched.
     """
-    if is_mode(long_clip, Mode.STRETCH):
+    if long_clip is None:
+        if num_positions(pipeline.text_encoder) <= CLIP_POSITIONS:
+            raise ValueError(
+                f"`text_encoder` of {type(pipeline).__name__} reads {num_positions(pipeline.text_encoder)} positions; "
+                "pass `long_clip` (a Long-CLIP-L checkpoint, or 'stretch')."
+            )
+    elif is_mode(long_clip, Mode.STRETCH):
         stretch_encoder(pipeline, "text_encoder", keep)
     else:
         where = f"`text_encoder` of {type(pipeline).__name__} ({long_clip if isinstance(long_clip, str) else 'model'})"

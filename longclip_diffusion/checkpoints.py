@@ -704,12 +704,14 @@ def _load_pretrained(
             folder = folder / subfolder
             if not folder.is_dir():
                 raise CheckpointError(f"{folder}: no such folder (subfolder {subfolder!r}).")
-        elif not (folder / "config.json").exists() and (folder / "text_encoder" / "config.json").exists():
-            folder = folder / "text_encoder"
+        elif not (folder / "config.json").exists():
+            # a converted folder: text_encoder/ (CLIP-L, first, as in a whole pipeline folder), else text_encoder_2/ (bigG)
+            encoder = next((name for name in ("text_encoder", "text_encoder_2") if (folder / name / "config.json").exists()), None)
+            folder = folder / encoder if encoder else folder
         if not (folder / "config.json").is_file():
             weights = sorted(path.name for path in folder.glob("*") if path.suffix in _WEIGHT_SUFFIXES)
             hint = f" (it holds {', '.join(weights[:3])}: pass that file instead)" if weights else ""
-            raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/config.json){hint}; {_EXPECTED}.")
+            raise CheckpointError(f"{folder}: a folder without config.json (nor text_encoder/ or text_encoder_2/config.json){hint}; {_EXPECTED}.")
         return _load_folder(folder, model_class)
     try:
         return model_class.from_pretrained(str(source), subfolder=subfolder or "").eval()
@@ -884,12 +886,13 @@ def save_tokenizer(tokenizer: CLIPTokenizer, directory: Path) -> None:
 
 
 DIFFUSERS_PARTS = ("text_encoder", "tokenizer")  # what save_diffusers writes inside its folder; nothing else is touched
+SDXL_BIGG_PARTS = ("text_encoder_2", "tokenizer_2")  # SDXL's second encoder (bigG) and its tokenizer
 
 
-def _check_diffusers_destination(directory: Path, overwrite: bool) -> None:
+def _check_diffusers_destination(directory: Path, overwrite: bool, parts: tuple[str, str] = DIFFUSERS_PARTS) -> None:
     if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory} is a file; a diffusers output is a folder (text_encoder/, tokenizer/).")
-    for part in DIFFUSERS_PARTS:
+        raise NotADirectoryError(f"{directory} is a file; a diffusers output is a folder ({parts[0]}/, {parts[1]}/).")
+    for part in parts:
         check_destination(directory / part, overwrite)
 
 
@@ -900,8 +903,12 @@ def save_diffusers(
     *,
     overwrite: bool = False,
     pad_token_id: int = 0,
+    parts: tuple[str, str] = DIFFUSERS_PARTS,
 ) -> Path:
     """Write ``directory/text_encoder/`` and ``directory/tokenizer/`` for ``from_pretrained``.
+
+    ``parts``: the two folder names; :data:`SDXL_BIGG_PARTS` (``text_encoder_2/``, ``tokenizer_2/``) for SDXL's bigG,
+    whose tokenizer then pads with ``"!"`` (id 0) like SDXL's ``tokenizer_2``.
 
     Without ``tokenizer``, CLIP's tokenizer is written at the encoder's length, padding with ``pad_token_id``: 0 (the
     default) for a fine-tuned Long-CLIP, as it was trained and as the Long-CLIP pipelines read it; 49407
@@ -914,14 +921,14 @@ def save_diffusers(
     these two are replaced (both swapped in at the end), nothing else in ``directory``.
     """
     directory = Path(directory)
-    _check_diffusers_destination(directory, overwrite)
+    _check_diffusers_destination(directory, overwrite, parts)
     if not isinstance(text_encoder, (CLIPTextModel, CLIPTextModelWithProjection)):
         text_encoder = load_text_encoder(text_encoder)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_max_length=_num_positions(text_encoder))
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
     try:
-        with atomic_folder(directory / "text_encoder") as encoder_folder, atomic_folder(directory / "tokenizer") as tokenizer_folder:
+        with atomic_folder(directory / parts[0]) as encoder_folder, atomic_folder(directory / parts[1]) as tokenizer_folder:
             text_encoder.save_pretrained(str(encoder_folder))
             save_tokenizer(tokenizer, tokenizer_folder)
     except (OSError, SafetensorError) as error:

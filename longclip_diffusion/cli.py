@@ -278,6 +278,22 @@ def convert(args: argparse.Namespace) -> None:
     print(f"Wrote {destination}.")
 
 
+def _source_pad_token_id(source: Path | str, subfolder: str | None) -> int:
+    """The pad id of the tokenizer beside the stretched encoder (SD's pads with end-of-text, SDXL's ``tokenizer_2``
+    with "!"), so stock diffusers reads the stretched folder as the base model read its encoder; else end-of-text."""
+    from .tokenizer import END_OF_TEXT
+
+    if not isinstance(source, Path) or not source.is_dir():
+        return END_OF_TEXT
+    tokenizer_folder = source / (subfolder or "text_encoder").replace("text_encoder", "tokenizer")
+    if not (tokenizer_folder / "tokenizer_config.json").is_file():
+        return END_OF_TEXT
+    from transformers import CLIPTokenizer
+
+    pad_token_id = CLIPTokenizer.from_pretrained(tokenizer_folder).pad_token_id
+    return END_OF_TEXT if pad_token_id is None else pad_token_id
+
+
 def stretch(args: argparse.Namespace) -> None:
     """Stretch any CLIP text encoder with KPS (training-free) and save it."""
     from .sources import resolve_source
@@ -300,8 +316,11 @@ def stretch(args: argparse.Namespace) -> None:
         stretch_text_encoder(text_encoder, keep=args.keep, ratio=args.ratio)
     except ValueError as error:  # the library names its parameters; say the flags as typed
         raise CommandError(str(error).replace("`keep`", "--keep").replace("`ratio`", "--ratio")) from None
-    writer = save_comfy_file if to == "comfy" else save_diffusers
-    writer(text_encoder, args.destination, overwrite=args.overwrite)
+    if to == "comfy":
+        save_comfy_file(text_encoder, args.destination, overwrite=args.overwrite)
+    else:
+        pad_token_id = _source_pad_token_id(source, args.subfolder)
+        save_diffusers(text_encoder, args.destination, overwrite=args.overwrite, pad_token_id=pad_token_id)
     after = text_encoder.config.max_position_embeddings
     print(f"Stretched {before} → {after} positions (keep {args.keep}, ratio {args.ratio}); wrote {args.destination}.")
 

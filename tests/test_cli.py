@@ -62,6 +62,28 @@ def test_convert_and_stretch(models, tmp_path, capsys):
     torch.testing.assert_close(table[:20], original[:20])
 
 
+def test_stretched_folder_reads_the_same_in_stock_diffusers(models, tmp_path):
+    """`longclip stretch` into a diffusers folder pads as the base's own tokenizer (SD: end-of-text), so stock
+    diffusers given that folder encodes like our pipeline's `long_clip="stretch"` (issue 11 §2)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from longclip_diffusion.pipelines import LongCLIPStableDiffusionPipeline
+
+    assert main(["stretch", str(models / "tiny-sd"), str(tmp_path / "kps"), "--subfolder", "text_encoder"]) == 0
+    stock = StableDiffusionPipeline.from_pretrained(
+        models / "tiny-sd",
+        text_encoder=CLIPTextModel.from_pretrained(tmp_path / "kps" / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(tmp_path / "kps" / "tokenizer"),
+    )
+    ours = LongCLIPStableDiffusionPipeline.from_pretrained(models / "tiny-sd", long_clip="stretch")
+    assert stock.tokenizer.pad_token_id == ours.config.long_clip_pad_token_id == 49407
+    prompt = LONG_PROMPT + "a zebra in the doorway"
+    stock_embeds, _ = stock.encode_prompt(prompt, "cpu", 1, False)
+    ours_embeds, _ = ours.encode_prompt(prompt, "cpu", 1, False)
+    assert stock_embeds.shape == (1, 248, 32)
+    torch.testing.assert_close(stock_embeds, ours_embeds, atol=1e-5, rtol=0)
+
+
 def test_tokens_reports_what_77_tokens_drop(capsys):
     assert main(["tokens", "a cat on a mat " + "with many words " * 30 + "ZEBRA"]) == 0
     out = capsys.readouterr().out

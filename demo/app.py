@@ -24,19 +24,28 @@ from longclip_diffusion import defaults
 from .access import NO_FILE, AllowedModels, is_local_only
 from .errors import DemoInputError, ModelLoadError, friendly_error
 from .examples import EXAMPLES
-from .models import EmbeddingCache, ModelCache, ModelLoader, ModelSpec, encode, load_models
+from .models import (
+    NO_NEGATIVE_PROMPT,
+    T5_MAX_SEQUENCE_LENGTH,
+    EmbeddingCache,
+    ModelCache,
+    ModelLoader,
+    ModelSpec,
+    encode,
+    load_models,
+)
 from .tokens import CLIP_LIMIT, LONG_CLIP_LIMIT, cap_prompt, token_counter_html
 
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-SD15 = "SD 1.5"
-SDXL = "SDXL"
-FAMILIES = (SD15, SDXL)
-FAMILY_KEYS = {SD15: "sd15", SDXL: "sdxl"}  # the page's labels -> longclip_diffusion.defaults' family keys
-FAMILY_NAMES = {"sd15": SD15, "sdxl": SDXL, "sd3": "SD3", "flux": "Flux"}
-DEFAULT_SIZE = {SD15: 512, SDXL: 1024}
-DEFAULT_BASE = {family: defaults.DEFAULT_BASE[key] for family, key in FAMILY_KEYS.items()}
+SD15, SDXL, SD3, FLUX = "SD 1.5", "SDXL", "SD3", "Flux"
+FAMILY_NAMES = {"sd15": SD15, "sdxl": SDXL, "sd3": SD3, "flux": FLUX}  # longclip_diffusion.defaults' keys -> labels
+FAMILY_KEYS = {name: key for key, name in FAMILY_NAMES.items()}
+FAMILIES = tuple(FAMILY_NAMES[key] for key in defaults.FAMILIES)
+DEFAULT_BASE = {FAMILY_NAMES[key]: base for key, base in defaults.DEFAULT_BASE.items()}
+DEFAULT_SIZE = {SD15: 512, SDXL: 1024, SD3: 1024, FLUX: 1024}
+DEFAULT_GUIDANCE = {SD15: 7.5, SDXL: 7.5, SD3: 7.0, FLUX: 3.5}  # Flux: FLUX.1-dev's distilled guidance
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -76,10 +85,12 @@ class GenerationResult:
         return f"<div class='status {kind}' role='{role}'>{html.escape(self.message, quote=False)}{notes}</div>"
 
 
-def _family_is_sdxl(family: str) -> bool:
-    if family not in FAMILIES:
-        raise DemoInputError(f"Unknown model family {_shown(family)}: choose {SD15} or {SDXL}.")
-    return family == SDXL
+def _family_key(family: Any) -> defaults.Family:
+    """The family key of a label the page sends (``"SD3"`` -> ``"sd3"``)."""
+    if not isinstance(family, str) or family not in FAMILY_KEYS:
+        choices = f"{', '.join(FAMILIES[:-1])} or {FAMILIES[-1]}"
+        raise DemoInputError(f"Unknown model family {_shown(family)}: choose {choices}.")
+    return FAMILY_KEYS[family]
 
 
 def _checked_int(value: Any, name: str, low: int, high: int) -> int:
@@ -144,9 +155,10 @@ class DemoBackend:
         self._generation_lock = threading.Lock()
 
     # -- token counter ---------------------------------------------------------------------
-    def count(self, prompt: str) -> str:
+    def count(self, prompt: str, family: str = SD15) -> str:
         try:
-            return token_counter_html(_checked_text(prompt, "Prompt"), tokenizer=self.tokenizer)
+            t5_limit = T5_MAX_SEQUENCE_LENGTH.get(FAMILY_KEYS.get(family))
+            return token_counter_html(_checked_text(prompt, "Prompt"), tokenizer=self.tokenizer, t5_limit=t5_limit)
         except Exception as exc:  # the counter must never break the page
             logger.exception("token counter failed")
             return f"<div class='token-counter error'>{html.escape(friendly_error(exc))}</div>"
@@ -154,7 +166,7 @@ class DemoBackend:
     # -- generation ------------------------------------------------------------------------
     def _embeddings(self, pipe: Any, spec: ModelSpec, encoder: str, prompt: str, negative: str) -> dict:
         key = (spec, encoder, prompt, negative)
-        return self.embeddings.get(key, lambda: encode(pipe, prompt, negative))
+        return self.embeddings.get(key, lambda: encode(pipe, spec.family, prompt, negative))
 
     def _run(self, pipe, embeds, *, seed, steps, guidance, width, height, on_step) -> Any:
         import torch
@@ -232,7 +244,9 @@ class DemoBackend:
                 raise DemoInputError(
                     'Choose a Long-CLIP checkpoint (file, folder, Hub id), "stretch", or "none" to keep the base\'s.'
                 )
-            spec = ModelSpec(base=base, long_clip=long_clip, sdxl=_family_is_sdxl(family))
+            spec = ModelSpec(base=base, long_clip=long_clip, family=_family_key(family))
+            if negative_prompt and spec.family in NO_NEGATIVE_PROMPT:
+                notes.append(f"{family} reads no negative prompt (its guidance is distilled): it was not used.")
 
             loaded = spec in self.models
             if not loaded:
@@ -269,14 +283,10 @@ class DemoBackend:
         except (FileNotFoundError, ValueError, HubUnavailableError) as exc:
             raise DemoInputError(str(exc)) from None
         detected = detect_family(base) if isinstance(base, Path) else None
-        if detected and detected != FAMILY_KEYS[family]:
-            if detected in FAMILY_KEYS.values():
-                advice = f"choose {FAMILY_NAMES[detected]} under Model family"
-            else:
-                advice = f"the demo runs {' and '.join(FAMILIES)} models; choose one of those"
+        if detected and detected != spec.family:
             raise DemoInputError(
                 f"Base model {spec.base} is {FAMILY_NAMES[detected]} (model_index.json), but Model family is "
-                f"{family}; {advice}."
+                f"{family}; choose {FAMILY_NAMES[detected]} under Model family."
             )
 
     def _generate(self, spec, prompt, negative_prompt, seed, steps, guidance, width, height, compare, progress):
@@ -313,14 +323,18 @@ class DemoBackend:
         return GenerationResult(images.get("long"), images.get("stock"), seed, True, message)
 
 
-def _family_changed(family: str, base: str, width: int, height: int):
-    """Switching SD 1.5 / SDXL swaps the default base model and size (custom values are kept)."""
-    other = SD15 if family == SDXL else SDXL
-    if not base or base.strip() == DEFAULT_BASE[other]:
-        base = DEFAULT_BASE.get(family, base)
-    if width == DEFAULT_SIZE[other] and height == DEFAULT_SIZE[other]:
-        width = height = DEFAULT_SIZE.get(family, width)
-    return base, width, height
+def _family_changed(family: str, base: str, width: int, height: int, guidance: float):
+    """Switching the family swaps a default base model, size and guidance for the new family's (custom values are
+    kept)."""
+    if family not in FAMILIES:
+        return base, width, height, guidance
+    if not base or base.strip() in DEFAULT_BASE.values():
+        base = DEFAULT_BASE[family]
+    if width == height and width in DEFAULT_SIZE.values():
+        width = height = DEFAULT_SIZE[family]
+    if guidance in DEFAULT_GUIDANCE.values():
+        guidance = DEFAULT_GUIDANCE[family]
+    return base, width, height, guidance
 
 
 def build_demo(
@@ -328,7 +342,7 @@ def build_demo(
     *,
     base: str | None = None,
     long_clip: str = defaults.DEFAULT_LONG_CLIP,
-    sdxl: bool = False,
+    family: defaults.Family | None = None,
     tokenizer: Any = None,
     max_models: int = 1,
     embedding_cache_size: int = 32,
@@ -338,13 +352,19 @@ def build_demo(
 ):
     """Build the page. ``model_loader(ModelSpec) -> LoadedModels`` defaults to the library pipelines.
 
+    ``family`` (``"sd15"``, ``"sdxl"``, ``"sd3"``, ``"flux"``): the family picked when the page opens; by default the
+    one a local ``base`` folder's ``model_index.json`` names, else SD 1.5. Its default base model, size and guidance
+    fill the page.
+
     ``allowed_models`` (Hub ids, folders, files): load only these and the page's own ``base``/``long_clip``.
     ``None`` allows any source while the page is served on 127.0.0.1 only; :func:`launch_demo` restricts it to
     the page's own models when it serves beyond.
     """
     import gradio as gr
 
-    family_default = SDXL if sdxl else SD15
+    from longclip_diffusion.sources import detect_family
+
+    family_default = FAMILY_NAMES[family or (detect_family(base) if base else None) or "sd15"]
     base = base or DEFAULT_BASE[family_default]
     allowed = AllowedModels([base, long_clip, *(allowed_models or ())], restricted=allowed_models is not None)
     backend = backend or DemoBackend(
@@ -359,7 +379,7 @@ def build_demo(
             "# Long-CLIP diffusion\n"
             f"Stock CLIP reads **{CLIP_LIMIT} tokens** of a prompt and silently drops the rest; "
             f"Long-CLIP reads **{LONG_CLIP_LIMIT}**. Type a long prompt, watch where CLIP would cut it, "
-            "and compare both on the same seed."
+            "and compare both on the same seed. (SD3 and Flux also read the prompt with T5, the same on both sides.)"
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
@@ -367,7 +387,7 @@ def build_demo(
                     label="Prompt", value=first_prompt, lines=6, max_lines=20, elem_id="prompt",
                     placeholder="A long, detailed description…",
                 )
-                counter = gr.HTML(backend.count(first_prompt), elem_id="token-counter")
+                counter = gr.HTML(backend.count(first_prompt, family_default), elem_id="token-counter")
                 negative = gr.Textbox(label="Negative prompt", value=first_negative, lines=2, elem_id="negative")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=2)
@@ -382,7 +402,8 @@ def build_demo(
                         randomize = gr.Button("Randomise", elem_id="randomize", scale=1)
                     steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(
-                        0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance", elem_id="guidance"
+                        0.0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE[family_default], step=0.5, label="Guidance",
+                        elem_id="guidance",
                     )
                     with gr.Row():
                         width = gr.Slider(MIN_SIZE, MAX_SIZE, value=size, step=64, label="Width", elem_id="width")
@@ -413,16 +434,18 @@ def build_demo(
             label="Example prompts (long on purpose)",
         )
 
-        prompt.change(
-            backend.count, inputs=prompt, outputs=counter, show_progress="hidden",
-            trigger_mode="always_last", concurrency_limit=None, api_name=False,
-        )
+        for changed in (prompt, family):
+            changed.change(
+                backend.count, inputs=[prompt, family], outputs=counter, show_progress="hidden",
+                trigger_mode="always_last", concurrency_limit=None, api_name=False,
+            )
         randomize.click(
             lambda: random.randint(0, MAX_SEED), outputs=seed, show_progress="hidden",
             concurrency_limit=None, api_name=False,
         )
         family.change(
-            _family_changed, inputs=[family, base_box, width, height], outputs=[base_box, width, height],
+            _family_changed, inputs=[family, base_box, width, height, guidance],
+            outputs=[base_box, width, height, guidance],
             show_progress="hidden", concurrency_limit=None, api_name=False,
         )
 
@@ -511,7 +534,7 @@ def run_demo(args: argparse.Namespace) -> int:
     demo = build_demo(
         base=args.base,
         long_clip=args.long_clip,
-        sdxl=args.sdxl,
+        family="sdxl" if args.sdxl else args.family,
         max_queue=args.max_queue,
         allowed_models=args.allow_model,
         model_loader=(lambda spec: load_models(spec, device=args.device)) if args.device else None,
@@ -526,8 +549,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs network)")
     parser.add_argument("--base", default=None,
-                        help=f"base model, Hub id or local folder (default {DEFAULT_BASE[SD15]}, "
-                             f"or {DEFAULT_BASE[SDXL]} with --sdxl)")
+                        help="base model, Hub id or local folder (default per family: "
+                             + ", ".join(f"{key}: {base}" for key, base in defaults.DEFAULT_BASE.items()) + ")")
     parser.add_argument("--long-clip", default=defaults.DEFAULT_LONG_CLIP,
                         help='Long-CLIP checkpoint: file, folder, Hub id, "stretch", or "none" (keep the base\'s '
                              f"encoder) (default {defaults.DEFAULT_LONG_CLIP})")
@@ -535,7 +558,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="a Hub id, folder (with everything under it) or file the page may load; repeat it for "
                              "more. Served beyond 127.0.0.1 (--host, --share) the page loads only these and its "
                              "--base/--long-clip; on 127.0.0.1 any source unless this is given")
-    parser.add_argument("--sdxl", action="store_true", help="start with an SDXL base model")
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument("--family", choices=defaults.FAMILIES, default=None,
+                        help="model family the page starts with (default: the one a local --base folder's "
+                             "model_index.json names, else sd15)")
+    family.add_argument("--sdxl", action="store_true", help="same as --family sdxl")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, mps, else cpu)")
     parser.add_argument("--max-queue", type=int, default=16, help="most requests waiting in the queue")
     parser.set_defaults(handler=run_demo)

@@ -1,8 +1,9 @@
 """Model and embedding caches for the demo, and the default loader.
 
 Wiring only: the Long-CLIP pipelines come from :mod:`longclip_diffusion.pipelines`; the stock-CLIP
-comparison is a plain diffusers pipeline that shares the UNet, VAE and safety checker of the
-Long-CLIP one (only the original text encoder(s) and tokenizer(s) are loaded a second time).
+comparison is the plain diffusers pipeline of the same family that shares the denoiser (UNet or
+transformer), VAE, T5 (SD3, Flux) and safety checker of the Long-CLIP one (only the original CLIP
+encoder(s) and tokenizer(s) are loaded a second time).
 """
 
 from __future__ import annotations
@@ -15,25 +16,43 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT
+from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT, Family
 
-# encode_prompt() outputs, in order, under the names __call__ takes them.
-_SD_EMBED_NAMES = ("prompt_embeds", "negative_prompt_embeds")
-_SDXL_EMBED_NAMES = (
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "pooled_prompt_embeds",
-    "negative_pooled_prompt_embeds",
-)
+# The Long-CLIP class `longclip_diffusion.pipelines` exports for each family (looked up by name).
+PIPELINE_CLASS_NAMES: dict[Family, str] = {
+    "sd15": "LongCLIPStableDiffusionPipeline",
+    "sdxl": "LongCLIPStableDiffusionXLPipeline",
+    "sd3": "LongCLIPStableDiffusion3Pipeline",
+    "flux": "LongCLIPFluxPipeline",
+}
+# The components Long-CLIP changes (CLIP encoders and their tokenizers): the stock pipeline reads them from the base
+# again and shares everything else.
+CLIP_COMPONENTS: dict[Family, tuple[str, ...]] = {
+    "sd15": ("text_encoder", "tokenizer"),
+    "sdxl": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    "sd3": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    "flux": ("text_encoder", "tokenizer"),
+}
+# encode_prompt() outputs, in order, under the names __call__ takes them (None: not passed on; Flux's text_ids).
+EMBEDDING_NAMES: dict[Family, tuple[str | None, ...]] = {
+    "sd15": ("prompt_embeds", "negative_prompt_embeds"),
+    "sdxl": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+    "sd3": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+    "flux": ("prompt_embeds", "pooled_prompt_embeds", None),
+}
+# T5 tokens read (diffusers' defaults), passed explicitly so that the page can say what T5 reads on both sides.
+T5_MAX_SEQUENCE_LENGTH: dict[Family, int] = {"sd3": 256, "flux": 512}
+# FLUX.1's guidance is distilled: diffusers' FluxPipeline reads a negative prompt only with true CFG (twice the work).
+NO_NEGATIVE_PROMPT: tuple[Family, ...] = ("flux",)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the user picked: base model (Hub id or local folder), Long-CLIP checkpoint, SDXL or SD 1.x."""
+    """What the user picked: base model (Hub id or local folder), Long-CLIP checkpoint, model family."""
 
     base: str
     long_clip: str
-    sdxl: bool = False
+    family: Family = "sd15"
 
 
 class LoadedModels:
@@ -118,55 +137,47 @@ class EmbeddingCache:
             self._entries.clear()
 
 
-def is_sdxl_pipeline(pipe: Any) -> bool:
-    from diffusers import StableDiffusionXLPipeline
-
-    return isinstance(pipe, StableDiffusionXLPipeline)
-
-
-def encode(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
+def encode(pipe: Any, family: Family, prompt: str, negative_prompt: str) -> dict[str, Any]:
     """Encode with the pipeline's own ``encode_prompt``; return the ``__call__`` keyword arguments."""
-    outputs = pipe.encode_prompt(
-        prompt=prompt,
-        device=pipe._execution_device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=True,
-        negative_prompt=negative_prompt or None,
-    )
-    names = _SDXL_EMBED_NAMES if is_sdxl_pipeline(pipe) else _SD_EMBED_NAMES
-    return dict(zip(names, outputs, strict=True))
+    kwargs: dict[str, Any] = {"prompt": prompt, "device": pipe._execution_device, "num_images_per_prompt": 1}
+    if family not in NO_NEGATIVE_PROMPT:
+        kwargs.update(do_classifier_free_guidance=True, negative_prompt=negative_prompt or None)
+    if family == "sd3":
+        kwargs.update(prompt_2=None, prompt_3=None)  # required arguments there; None: the prompt
+    if family in T5_MAX_SEQUENCE_LENGTH:
+        kwargs["max_sequence_length"] = T5_MAX_SEQUENCE_LENGTH[family]
+    outputs = pipe.encode_prompt(**kwargs)
+    return {name: output for name, output in zip(EMBEDDING_NAMES[family], outputs, strict=True) if name}
 
 
 def _from_pretrained_kwargs(base: str, dtype: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    from longclip_diffusion.pipelines.core import DTYPE_ARGUMENT
+
+    kwargs: dict[str, Any] = {DTYPE_ARGUMENT: dtype}  # the name the installed diffusers reads (ours take both)
     if os.path.isdir(base):
         kwargs["local_files_only"] = True  # a local folder never needs the network
     return kwargs
 
 
-def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> Any:
-    """A plain diffusers pipeline with ``base``'s original text encoder(s), sharing everything else."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def _diffusers_class(pipe: Any) -> type:
+    """The diffusers pipeline class a Long-CLIP pipeline is built on (its stock counterpart)."""
+    return next(cls for cls in type(pipe).__mro__ if cls.__module__.startswith("diffusers."))
 
-    sdxl = is_sdxl_pipeline(long_pipe)
-    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    dtype = from_pretrained_kwargs.get("dtype")
-    local = {k: v for k, v in from_pretrained_kwargs.items() if k != "dtype"}
+
+def stock_pipeline(long_pipe: Any, base: str, family: Family, **from_pretrained_kwargs: Any) -> Any:
+    """The plain diffusers pipeline of ``family`` with ``base``'s original CLIP encoder(s), sharing everything else."""
+    cls = _diffusers_class(long_pipe)
     accepted = inspect.signature(cls.__init__).parameters
-    components = {k: v for k, v in long_pipe.components.items() if k in accepted}
-    components["text_encoder"] = CLIPTextModel.from_pretrained(
-        base, subfolder="text_encoder", torch_dtype=dtype, **local
-    )
-    components["tokenizer"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **local)
-    if sdxl:
-        components["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-            base, subfolder="text_encoder_2", torch_dtype=dtype, **local
-        )
-        components["tokenizer_2"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2", **local)
-    else:
-        components["requires_safety_checker"] = False
-    positions = components["text_encoder"].config.max_position_embeddings
+    shared = {
+        name: module
+        for name, module in long_pipe.components.items()
+        if name in accepted and name not in CLIP_COMPONENTS[family]
+    }
+    # Schedulers keep per-run state: give each pipeline its own (same config).
+    scheduler = long_pipe.scheduler
+    shared["scheduler"] = type(scheduler).from_config(scheduler.config)
+    pipe = cls.from_pretrained(base, **shared, **from_pretrained_kwargs)  # reads only the components not passed in
+    positions = pipe.text_encoder.config.max_position_embeddings
     if positions > CLIP_TOKEN_LIMIT:
         from .errors import DemoInputError
 
@@ -174,10 +185,6 @@ def stock_pipeline(long_pipe: Any, base: str, **from_pretrained_kwargs: Any) -> 
             f"The base model {base} already holds a long text encoder ({positions} positions), so a stock-CLIP "
             "comparison from it would not be stock. Pick the original base model, or untick the comparison."
         )
-    # Schedulers keep per-run state: give each pipeline its own (same config).
-    scheduler = long_pipe.scheduler
-    components["scheduler"] = type(scheduler).from_config(scheduler.config)
-    pipe = cls(**components)
     return pipe.to(long_pipe.device)
 
 
@@ -189,11 +196,10 @@ def load_models(spec: ModelSpec, device: str | None = None) -> LoadedModels:
     from .access import KEEP
     from .errors import DemoInputError
 
-    name = "LongCLIPStableDiffusionXLPipeline" if spec.sdxl else "LongCLIPStableDiffusionPipeline"
+    name = PIPELINE_CLASS_NAMES[spec.family]
     cls = getattr(pipelines, name, None)
     if cls is None:
-        family = "SDXL" if spec.sdxl else "SD 1.x"
-        raise DemoInputError(f"{family} is not supported by this installation ({name} is missing).")
+        raise DemoInputError(f"{spec.family} is not supported by this installation ({name} is missing).")
     device, dtype = pick_device_and_dtype(device)
     kwargs = _from_pretrained_kwargs(spec.base, dtype)
     long_clip = None if spec.long_clip == KEEP else spec.long_clip
@@ -201,7 +207,7 @@ def load_models(spec: ModelSpec, device: str | None = None) -> LoadedModels:
     long_pipe.set_progress_bar_config(disable=True)
 
     def load_stock() -> Any:
-        pipe = stock_pipeline(long_pipe, spec.base, **kwargs)
+        pipe = stock_pipeline(long_pipe, spec.base, spec.family, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -44,20 +44,27 @@ def token_counter_html(
     tokenizer=None,
     clip_limit: int = CLIP_LIMIT,
     long_clip_limit: int = LONG_CLIP_LIMIT,
+    t5_limit: int | None = None,
 ) -> str:
     """Return the counter's HTML: the count, and the prompt with the words CLIP drops struck through.
 
     Words past ``clip_limit`` are wrapped in ``<del class='clip-dropped'>``; words past
     ``long_clip_limit`` (dropped by Long-CLIP too) in ``<mark class='longclip-dropped'>``.
+    ``t5_limit`` (SD3, Flux): the model also reads the prompt with T5, up to that many T5 tokens on both sides.
     """
     from longclip_diffusion.prompt_syntax import count_tokens
 
     prompt, cut_note = cap_prompt(prompt)
     note = f"<div class='token-note'>{html.escape(cut_note)}</div>" if cut_note else ""
+    if t5_limit is not None:
+        note += (
+            f"<div class='t5-note'>These limits are CLIP's: T5 also reads the prompt, up to {t5_limit} T5 tokens, "
+            "the same for Long-CLIP and stock CLIP.</div>"
+        )
     if not prompt.strip():
         return (
             "<div class='token-counter' data-tokens='0'><span class='token-count'>0 tokens</span> — "
-            f"CLIP reads {clip_limit}, Long-CLIP reads {long_clip_limit}.</div>"
+            f"CLIP reads {clip_limit}, Long-CLIP reads {long_clip_limit}.{note}</div>"
         )
     short = count_tokens(prompt, limit=clip_limit, tokenizer=tokenizer)
     long = count_tokens(prompt, limit=long_clip_limit, tokenizer=tokenizer)

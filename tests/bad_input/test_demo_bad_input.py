@@ -50,18 +50,17 @@ def tiny_loader(spec):
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory):
-    """Folders the cases name: an allowed models folder (with a file and a way out), SD 1.5 and SDXL bases."""
+    """Folders the cases name: an allowed models folder (with a file and a way out), SD 1.5, SDXL, SD3, Flux bases."""
     root = tmp_path_factory.mktemp("demo-bad-input")
     allowed = root / "allowed"
     allowed.mkdir()
     (allowed / "longclip-L.safetensors").write_bytes(b"not read: the loader is tiny")
     (allowed / "escape").symlink_to("/etc")
     (root / "outside").mkdir()
-    for name, class_name in (("sd15", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline")):
+    for name, class_name in (("sd15", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline"),
+                             ("sd3", "StableDiffusion3Pipeline"), ("flux", "FluxPipeline")):
         (root / name).mkdir()
         (root / name / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
-    (root / "sd3").mkdir()
-    (root / "sd3" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
     return {"root": str(root), "allowed": str(allowed)}
 
 
@@ -118,12 +117,12 @@ CASES = [
     ("height not a multiple of 8", "backend", {"height": 100}, {}, ("error", "must be multiples of 8, got 64×100.")),
     ("guidance text", "backend", {"guidance": "lots"}, {}, ("error", "Guidance must be a number, got 'lots'.")),
     ("guidance negative", "backend", {"guidance": -1}, {}, ("error", "Guidance must be from 0 to 30, got -1.")),
-    ("unknown family", "backend", {"family": "SD 9"}, {}, ("error", "Unknown model family 'SD 9': choose SD 1.5 or SDXL.")),
+    ("unknown family", "backend", {"family": "SD 9"}, {}, ("error", "Unknown model family 'SD 9': choose SD 1.5, SDXL, SD3 or Flux.")),
     ("compare not a bool", "backend", {"compare": "yes"}, {}, ("error", "Compare must be true or false, got 'yes'.")),
     ("API: seed text", "api", {"seed": "abc"}, {}, ("error", "Seed must be a number, got 'abc'.")),
     ("API: steps as text", "api", {"steps": "10 steps"}, {}, ("error", "Steps must be a number, got '10 steps'.")),
     ("API: negative size", "api", {"width": -512}, {}, ("error", "Width must be a whole number from 64 to 2048, got -512.")),
-    ("API: family a number", "api", {"family": 3}, {}, ("error", "Unknown model family 3: choose SD 1.5 or SDXL.")),
+    ("API: family a number", "api", {"family": 3}, {}, ("error", "Unknown model family 3: choose SD 1.5, SDXL, SD3 or Flux.")),
     ("API: empty prompt", "api", {"prompt": ""}, {}, ("error", "Type a prompt first.")),
     ("API: 8 MB prompt is cut with a note", "api", {"prompt": HUGE_PROMPT}, {},
      ("ok", f"The prompt is 8,000,000 characters; only the first {MAX_PROMPT_CHARS:,} are read")),
@@ -145,7 +144,9 @@ CASES = [
     ("SD 1.5 base with SDXL picked", "backend", {"base": lambda p: p["root"] + "/sd15", "family": SDXL}, {},
      ("error", "is SD 1.5 (model_index.json), but Model family is SDXL; choose SD 1.5 under Model family.")),
     ("SD3 base", "backend", {"base": lambda p: p["root"] + "/sd3"}, {},
-     ("error", "is SD3 (model_index.json), but Model family is SD 1.5; the demo runs SD 1.5 and SDXL models")),
+     ("error", "is SD3 (model_index.json), but Model family is SD 1.5; choose SD3 under Model family.")),
+    ("Flux base with SD3 picked", "backend", {"base": lambda p: p["root"] + "/flux", "family": "SD3"}, {},
+     ("error", "is Flux (model_index.json), but Model family is SD3; choose Flux under Model family.")),
     # Served beyond 127.0.0.1: the operator's allow-list, one message for every refused value
     ("allowed: /etc/shadow (exists)", "allowed", {"base": "/etc/shadow"}, {}, ("error", BASE_REFUSED)),
     ("allowed: missing path", "allowed", {"base": "/etc/no-such-file"}, {}, ("error", BASE_REFUSED)),

@@ -1,4 +1,4 @@
-"""Tiny random SD 1.x models for the demo's tests (no network, no downloaded weights)."""
+"""Tiny random models for the demo's tests (no network, no downloaded weights)."""
 
 from __future__ import annotations
 
@@ -70,4 +70,28 @@ def tiny_sdxl_folder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=False)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    """A tiny stock SD3 pipeline (CLIP-L, bigG, T5) saved as a local diffusers folder."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from longclip_diffusion.testing_mmdit import tiny_sd3_components
+
+    folder = tmp_path_factory.mktemp("tiny-sd3")
+    StableDiffusion3Pipeline(**tiny_sd3_components(long_clip=False)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(tmp_path_factory):
+    """A tiny stock Flux pipeline (CLIP-L, T5) saved as a local diffusers folder."""
+    from diffusers import FluxPipeline
+
+    from longclip_diffusion.testing_mmdit import tiny_flux_components
+
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    FluxPipeline(**tiny_flux_components(long_clip=False)).save_pretrained(folder)
     return folder

@@ -248,7 +248,7 @@ def test_default_loader_sdxl_from_a_local_folder(tiny_sdxl_folder):
     result = _generate(backend, base=str(tiny_sdxl_folder), family=SDXL, guidance=3.0)
     assert result.ok, result.message
     assert result.long_image.size == result.stock_image.size == (TINY_SIZE, TINY_SIZE)
-    models = backend.models.get(ModelSpec(str(tiny_sdxl_folder), "stretch", sdxl=True))
+    models = backend.models.get(ModelSpec(str(tiny_sdxl_folder), "stretch", family="sdxl"))
     stock = models.stock()
     assert type(models.long_clip).__name__ == "LongCLIPStableDiffusionXLPipeline"
     assert type(stock).__name__ == "StableDiffusionXLPipeline" and stock.unet is models.long_clip.unet

@@ -168,6 +168,14 @@ def test_long_prompt_to_two_images_in_a_real_browser(server, tmp_path):
                 width = page.locator(f"#{elem_id} img").evaluate("img => img.naturalWidth")
                 assert width == TINY_SIZE
 
+            # 6. Picking Flux: the counter says T5 reads the prompt on both sides; the guidance takes Flux's default,
+            # the custom base folder and size stay.
+            page.locator("#family").get_by_label("Flux").check()
+            sync_api.expect(counter).to_contain_text("T5 also reads the prompt, up to 512 T5 tokens")
+            sync_api.expect(page.locator("#guidance input[type=number]")).to_have_value("3.5")
+            sync_api.expect(base).to_have_value(good_base)
+            sync_api.expect(page.locator("#width input[type=number]")).to_have_value(str(TINY_SIZE))
+
             screenshot = tmp_path / "demo.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 10_000

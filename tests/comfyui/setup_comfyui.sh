@@ -53,7 +53,11 @@ grep -vEi '^(torch|torchvision|torchaudio|kornia|spandrel)([<>=~! ;\[]|$)' "$CHE
 
 # 3. This checkout, always (a check like `python -c "import longclip_diffusion"` run from the repository passes on the
 #    source folder alone, without the dependencies). torch==2.13.0 is already there, so no other torch build comes.
-"$VENV/bin/python" -m pip install -q -e "$REPO_ROOT"
+if [[ -n "${LONGCLIP_CI_LOCK:-}" ]]; then  # .ci/run: editable builds of one checkout take turns (shared egg-info)
+  flock "$LONGCLIP_CI_LOCK" "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT"
+else
+  "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT"
+fi
 installed=$(cd / && "$VENV/bin/python" -c "import ftfy, longclip_diffusion.pipelines as p; print(p.__file__)")
 if [[ "$installed" != "$REPO_ROOT"/* ]]; then
   echo "setup_comfyui: ComfyUI's venv imports longclip_diffusion from $installed, not from $REPO_ROOT" >&2

@@ -39,8 +39,8 @@ from .tokens import CLIP_LIMIT, LONG_CLIP_LIMIT, cap_prompt, token_counter_html
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-SD15, SDXL, SD3, FLUX = "SD 1.5", "SDXL", "SD3", "Flux"
-FAMILY_NAMES = {"sd15": SD15, "sdxl": SDXL, "sd3": SD3, "flux": FLUX}  # longclip_diffusion.defaults' keys -> labels
+FAMILY_NAMES = defaults.FAMILY_LABELS  # family keys -> the labels the page shows
+SD15, SDXL, SD3, FLUX = (FAMILY_NAMES[key] for key in ("sd15", "sdxl", "sd3", "flux"))
 FAMILY_KEYS = {name: key for key, name in FAMILY_NAMES.items()}
 FAMILIES = tuple(FAMILY_NAMES[key] for key in defaults.FAMILIES)
 DEFAULT_BASE = {FAMILY_NAMES[key]: base for key, base in defaults.DEFAULT_BASE.items()}

@@ -16,15 +16,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT, Family
+from longclip_diffusion.defaults import CLIP_TOKEN_LIMIT, PIPELINE_CLASS_NAMES, Family
 
-# The Long-CLIP class `longclip_diffusion.pipelines` exports for each family (looked up by name).
-PIPELINE_CLASS_NAMES: dict[Family, str] = {
-    "sd15": "LongCLIPStableDiffusionPipeline",
-    "sdxl": "LongCLIPStableDiffusionXLPipeline",
-    "sd3": "LongCLIPStableDiffusion3Pipeline",
-    "flux": "LongCLIPFluxPipeline",
-}
 # The components Long-CLIP changes (CLIP encoders and their tokenizers): the stock pipeline reads them from the base
 # again and shares everything else.
 CLIP_COMPONENTS: dict[Family, tuple[str, ...]] = {

@@ -18,7 +18,9 @@ from .defaults import (
     DEFAULT_BASE,
     DEFAULT_LONG_CLIP,
     FAMILIES,
+    FAMILY_LABELS,
     LONG_CLIP_TOKEN_LIMIT,
+    PIPELINE_CLASS_NAMES,
     SPECIAL_TOKENS_PER_PROMPT,
     content_tokens,
 )
@@ -27,15 +29,6 @@ if TYPE_CHECKING:
     import torch
 
 FORMATS = ("diffusers", "comfy", "openai")
-# The class `longclip_diffusion.pipelines` exports for each family; looked up by name, so a family works as soon as
-# its pipeline lands there.
-PIPELINE_CLASS_NAMES = {
-    "sd15": "LongCLIPStableDiffusionPipeline",
-    "sdxl": "LongCLIPStableDiffusionXLPipeline",
-    "sd3": "LongCLIPStableDiffusion3Pipeline",
-    "flux": "LongCLIPFluxPipeline",
-}
-FAMILY_NAMES = {"sd15": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -163,8 +156,8 @@ def _pick_family(args: argparse.Namespace, base: Path | str | None) -> str:
         raise CommandError(f"--sdxl and --family {args.family} disagree; give one of them.")
     if detected and asked and detected != asked:
         raise CommandError(
-            f"--base {args.base} is a model of the {FAMILY_NAMES[detected]} family (model_index.json), but "
-            f"{'--sdxl' if args.sdxl else '--family ' + asked} asks for {FAMILY_NAMES[asked]}; "
+            f"--base {args.base} is a model of the {FAMILY_LABELS[detected]} family (model_index.json), but "
+            f"{'--sdxl' if args.sdxl else '--family ' + asked} asks for {FAMILY_LABELS[asked]}; "
             f"use --family {detected} (or leave it out)."
         )
     return asked or detected or "sd15"
@@ -184,7 +177,7 @@ def _pipeline_class(family: str):
     if pipeline_class is None:
         supported = [name for name, class_name in PIPELINE_CLASS_NAMES.items() if hasattr(pipelines, class_name)]
         raise CommandError(
-            f"--family {family}: {FAMILY_NAMES[family]} is not supported yet by this version; "
+            f"--family {family}: {FAMILY_LABELS[family]} is not supported yet by this version; "
             f"supported: {', '.join(supported)}."
         )
     return pipeline_class
@@ -220,7 +213,7 @@ def _fill_size(pipeline, height: int | None, width: int | None) -> tuple[int | N
 
 
 def generate(args: argparse.Namespace) -> None:
-    """Text to image with a Long-CLIP pipeline (SD 1.x/2.x or SDXL, read from the base's model_index.json)."""
+    """Text to image with a Long-CLIP pipeline (SD 1.x, SDXL, SD3 or Flux, read from the base's model_index.json)."""
     from .sources import resolve_source
 
     output, image_format = _check_image_output(args.output)
@@ -264,7 +257,7 @@ def generate(args: argparse.Namespace) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(output) as partial:
         image.save(partial, format=image_format)
-    print(f"Saved {output} ({image.width}×{image.height}, {FAMILY_NAMES[family]}, seed {args.seed}).")
+    print(f"Saved {output} ({image.width}×{image.height}, {FAMILY_LABELS[family]}, seed {args.seed}).")
 
 
 def convert(args: argparse.Namespace) -> None:

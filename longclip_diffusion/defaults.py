@@ -21,6 +21,16 @@ DEFAULT_BASE: dict[Family, str] = {
 }
 DEFAULT_LONG_CLIP = "BeichenZhang/LongCLIP-L"
 
+# How each family is named to people, and the class `longclip_diffusion.pipelines` exports for it (looked up by name,
+# so the CLI and the demo need no pipeline import to build their menus).
+FAMILY_LABELS: dict[Family, str] = {"sd15": "SD 1.5", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
+PIPELINE_CLASS_NAMES: dict[Family, str] = {
+    "sd15": "LongCLIPStableDiffusionPipeline",
+    "sdxl": "LongCLIPStableDiffusionXLPipeline",
+    "sd3": "LongCLIPStableDiffusion3Pipeline",
+    "flux": "LongCLIPFluxPipeline",
+}
+
 # Token limits count the start and end tokens, as CLIP's 77 does.
 CLIP_TOKEN_LIMIT = 77
 LONG_CLIP_TOKEN_LIMIT = 248

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -530,6 +531,11 @@ def launch_demo(
 
 def run_demo(args: argparse.Namespace) -> int:
     """``longclip demo``: build the page with the library pipelines and serve it."""
+    if find_spec("gradio") is None:
+        raise DemoInputError(
+            "the demo needs Gradio, which is not installed; install the demo extra: pip install -e \".[demo]\" "
+            "(from the repository)."
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     demo = build_demo(
         base=args.base,

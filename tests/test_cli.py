@@ -328,3 +328,14 @@ def test_convert_and_stretch_refuse_an_existing_destination(models, tmp_path, ca
         assert "already exists" in capsys.readouterr().err and destination.read_bytes() == b"the user's file"
     assert main(["convert", source, str(destination), "--overwrite"]) == 0
     assert "text_model.embeddings.position_embedding.weight" in load_file(str(destination))
+
+
+def test_demo_without_gradio_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr("longclip_diffusion.demo.app.find_spec",
+                        lambda name, *rest: None if name == "gradio" else real_find_spec(name, *rest))
+    assert main(["demo"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "needs Gradio" in error and ".[demo]" in error

@@ -257,6 +257,21 @@ def apply_long_clip_sd3(pipeline: DiffusionPipeline, long_clip: Any = None, keep
     return pipeline
 
 
+def _check_pooled_width(pipeline: DiffusionPipeline) -> None:
+    """The two CLIPs' projections together must be the transformer's pooled width (SD3: 768 + 1280 = 2048)."""
+    encoders = (pipeline.text_encoder, pipeline.text_encoder_2)
+    if pipeline.transformer is None or any(encoder is None for encoder in encoders):
+        return
+    widths = [encoder.config.projection_dim for encoder in encoders]
+    expected = pipeline.transformer.config.pooled_projection_dim
+    if sum(widths) != expected:
+        raise ValueError(
+            f"{type(pipeline).__name__}: `text_encoder` and `text_encoder_2` project to {widths[0]} + {widths[1]} = "
+            f"{sum(widths)} but the transformer reads a pooled vector of {expected}; use a Long-CLIP-L of SD3's own "
+            "CLIP-L size (768, projection 768) with its projection."
+        )
+
+
 class LongCLIPStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     r"""
     Stable Diffusion 3 with Long-CLIP: both CLIP encoders read prompts of up to 248 tokens; T5 is unchanged.
@@ -316,6 +331,7 @@ class LongCLIPStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )
+        _check_pooled_width(self)
         align_padding(tokenizer, long_clip_pad_token_id)
         self.register_to_config(long_clip_pad_token_id=long_clip_pad_token_id, long_clip_bigg_mode=long_clip_bigg_mode)
         if text_encoder is not None:

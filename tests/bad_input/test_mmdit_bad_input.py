@@ -154,6 +154,9 @@ CASES = [
                  id="sd3-hidden-state-option"),
     pytest.param(restretch(lambda: StableDiffusion3Pipeline(**tiny_sd3_components(long_clip=False))), ValueError,
                  "already reads 248", id="sd3-stretch-twice"),
+    pytest.param(lambda tmp_path: LongCLIPStableDiffusion3Pipeline(**{**tiny_sd3_components(), "text_encoder": wide_encoder(True)}),
+                 ValueError, "project to 48 + 32 = 80 but the transformer reads a pooled vector of 48",
+                 id="sd3-constructed-with-wrong-width"),
     pytest.param(lambda tmp_path: LongCLIPStableDiffusion3Pipeline(**tiny_sd3_components(), long_clip_bigg_mode="window"),
                  ValueError, "`long_clip_bigg_mode` must be one of", id="sd3-config-bigg-mode"),
 ]

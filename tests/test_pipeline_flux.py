@@ -299,3 +299,23 @@ def test_cli_generate_family_flux(tmp_path, capsys):
     assert main([arg for arg in args if arg not in ("--family", "flux")][:-1] + [str(tmp_path / "again.png")]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(output)))
     assert load_text_encoder(tmp_path / "longclip.safetensors").config.max_position_embeddings == 248
+
+
+def test_apply_long_clip_on_controlnet():
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+
+    components = tiny_flux_components(long_clip=False)
+    torch.manual_seed(0)
+    controlnet = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                     attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                     pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    pipeline = FluxControlNetPipeline(**copy.deepcopy(components), controlnet=controlnet)
+    pipeline.set_progress_bar_config(disable=True)
+    reference = LongCLIPFluxPipeline(**components)
+    apply_long_clip(pipeline, "stretch")
+    apply_long_clip(reference, "stretch")
+    for got, want in zip(encode(pipeline, LONG), encode(reference, LONG)):
+        torch.testing.assert_close(got, want, **TOLERANCE)
+    output = pipeline(prompt=LONG, control_image=torch.rand(1, 3, 16, 16), height=16, width=16, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(0), output_type="pt", max_sequence_length=SEQUENCE).images
+    assert output.shape == (1, 3, 16, 16) and torch.isfinite(output).all()

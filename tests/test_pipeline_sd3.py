@@ -331,3 +331,23 @@ def test_cli_generate_family_sd3(tmp_path):
             "--base", str(tmp_path / "tiny-sd3"), "--long-clip", "stretch", "--device", "cpu", "-o", str(output)]
     assert main(args) == 0
     assert np.asarray(Image.open(output)).shape == (16, 16, 3)
+
+
+def test_apply_long_clip_on_controlnet():
+    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
+
+    components = tiny_sd3_components(long_clip=False)
+    torch.manual_seed(0)
+    controlnet = SD3ControlNetModel(sample_size=32, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+                                    num_attention_heads=4, joint_attention_dim=WIDTH_T5, caption_projection_dim=32,
+                                    pooled_projection_dim=WIDTH_L + WIDTH_G, out_channels=16)
+    pipeline = StableDiffusion3ControlNetPipeline(**copy.deepcopy(components), controlnet=controlnet)
+    pipeline.set_progress_bar_config(disable=True)
+    reference = LongCLIPStableDiffusion3Pipeline(**components)
+    apply_long_clip(pipeline, "stretch")
+    apply_long_clip(reference, "stretch")
+    for got, want in zip(encode(pipeline, LONG, negative_prompt="blurry"), encode(reference, LONG, negative_prompt="blurry")):
+        torch.testing.assert_close(got, want, **TOLERANCE)
+    output = pipeline(prompt=LONG, control_image=torch.rand(1, 3, 16, 16), height=16, width=16, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(0), output_type="pt", max_sequence_length=SEQUENCE).images
+    assert output.shape == (1, 3, 16, 16) and torch.isfinite(output).all()

@@ -4,7 +4,7 @@
 # peak CUDA memory. Needs one GPU with ≥ 48 GB (about 36 GB of bf16 weights, plus activations).
 #
 # Run from the repository root on the device machine (a tool's `run` call, or any CUDA box):
-#   bash benchmarks/gpu_flux.sh            # ≈ 6–10 min on an H100: build, 1 warm-up + 2 timed runs per pipeline
+#   bash benchmarks/gpu_flux.sh            # build, 1 warm-up + 2 timed runs per pipeline (never run yet; budget ≤ 10 min)
 #   REPEATS=3 STEPS=28 SIZE=1024 bash benchmarks/gpu_flux.sh
 # Writes the table to stdout and to ${OUT:-.}/bench_flux_gpu.txt.
 set -euo pipefail

@@ -13,8 +13,10 @@ import sys
 import typing
 
 from .config import (
+    ACTIVATIONS,
     DATA_FORMATS,
     EXPORT_FORMATS,
+    PARALLEL_MODES,
     PCM_MODES,
     PRECISIONS,
     STRETCH_METHODS,
@@ -31,6 +33,13 @@ _HELP = {
     "keep": "position rows kept (and frozen) as they are",
     "ratio": "stretch ratio of the other rows",
     "logit_scale_init": "logit scale the run starts from (ln 100)",
+    "hidden_act": "activation of an OpenAI/OpenCLIP-layout --base-model file, which does not record it: auto = gelu "
+    "for a text tower deeper than 12 layers (OpenCLIP ViT-H/g/bigG), quick_gelu otherwise (OpenAI CLIP); folders "
+    "carry their own",
+    "text_only": "train the text tower only, against image features the frozen vision tower computes once and caches "
+    "(the tower SD/SDXL use; needs far less memory)",
+    "feature_cache": "folder of the image-feature cache for --text-only (default: OUTPUT_DIR/feature-cache); one "
+    "sub-folder per model, preprocessing and data, reused when they match",
     "train_data": "ShareGPT4V JSON, JSONL/CSV (image, long_caption[, short_caption]) or .tar shards (required)",
     "data_format": "auto: from the extension",
     "image_root": "folder image paths are relative to (default: each data file's folder)",
@@ -53,18 +62,21 @@ _HELP = {
     "warmup_steps": "linear warm-up steps before the cosine decay",
     "precision": "bf16 runs on GPU or CPU, fp16 on GPU only (with loss scaling)",
     "gradient_checkpointing": "recompute activations in the backward pass to save memory",
+    "parallel": "with several processes: ddp (each holds the whole model) or fsdp (weights, gradients and optimizer "
+    "state sharded over the processes; bf16 mixed precision with --precision bf16)",
     "seed": "seed of the data order and initialisation",
     "output_dir": "run folder: config, metrics, checkpoints, export",
     "save_every": "write a checkpoint every N steps (0: only at the end)",
     "log_every": "log metrics every N steps",
     "resume": "a checkpoint file, or 'auto': output_dir/checkpoint-latest.pt, falling back to checkpoint-previous.pt "
     "when the latest cannot be read, starting afresh when there is none",
-    "export": "formats written to output_dir/export: openai, diffusers, transformers, comfy",
+    "export": "formats written to output_dir/export: openai, diffusers, transformers, comfy (CLIP-L-style text "
+    "encoder), sdxl (text_encoder_2/ + tokenizer_2/ for a bigG), comfy_g (ComfyUI clip_g file with projection)",
     "progress": "show a progress bar",
 }
 _CHOICES = {
     "stretch": STRETCH_METHODS, "pcm": PCM_MODES, "precision": PRECISIONS, "data_format": DATA_FORMATS,
-    "export": EXPORT_FORMATS,
+    "export": EXPORT_FORMATS, "parallel": PARALLEL_MODES, "hidden_act": ACTIVATIONS,
 }
 
 

@@ -18,7 +18,9 @@ STRETCH_METHODS = ("kps", "interpolate", "none")
 PCM_MODES = ("local", "global", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_FORMATS = ("auto", "sharegpt4v", "jsonl", "json", "csv", "tar")
-EXPORT_FORMATS = ("openai", "diffusers", "transformers", "comfy")
+EXPORT_FORMATS = ("openai", "diffusers", "transformers", "comfy", "sdxl", "comfy_g")
+PARALLEL_MODES = ("ddp", "fsdp")
+ACTIVATIONS = ("auto", "gelu", "quick_gelu")
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,9 @@ class TrainConfig:
     keep: int = 20
     ratio: int = 4
     logit_scale_init: float | None = math.log(100.0)
+    hidden_act: str = "auto"
+    text_only: bool = False
+    feature_cache: str = ""
     # data
     train_data: list[str] = field(default_factory=list)
     data_format: str = "auto"
@@ -67,6 +72,7 @@ class TrainConfig:
     warmup_steps: int = 200
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    parallel: str = "ddp"
     seed: int = 0
     # output
     output_dir: str = "longclip-run"
@@ -89,6 +95,8 @@ class TrainConfig:
             ("pcm", PCM_MODES),
             ("precision", PRECISIONS),
             ("data_format", DATA_FORMATS),
+            ("parallel", PARALLEL_MODES),
+            ("hidden_act", ACTIVATIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")

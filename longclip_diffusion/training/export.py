@@ -20,7 +20,10 @@ EXPORT_PATHS = {
     "diffusers": "diffusers",
     "transformers": "transformers",
     "comfy": "longclip-text.safetensors",
+    "sdxl": "sdxl",
+    "comfy_g": "longclip-g.safetensors",
 }
+DEFAULT_FORMATS = ("openai", "diffusers", "transformers", "comfy")  # sdxl and comfy_g (for a bigG) when asked for
 MANIFEST_NAME = "export-manifest.json"
 
 
@@ -50,13 +53,16 @@ def check_export_destination(directory: str | Path, formats: list[str] | tuple[s
             )
 
 
-def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | tuple[str, ...] = tuple(EXPORT_PATHS)) -> dict[str, Path]:
+def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | tuple[str, ...] = DEFAULT_FORMATS) -> dict[str, Path]:
     """Export ``model`` under ``directory``; returns ``{format: path}``.
 
     ``openai``: the reference layout (``longclip.load`` and ``checkpoints.load_clip_model`` read it, both towers);
     ``diffusers``: ``text_encoder/`` + ``tokenizer/`` for Stable Diffusion pipelines; ``transformers``: a full
-    ``CLIPModel`` folder; ``comfy``: one text-encoder safetensors for ComfyUI's ``CLIPLoader``. Every file is written
-    atomically with the umask's modes; see the module docstring for what may be replaced.
+    ``CLIPModel`` folder; ``comfy``: one text-encoder safetensors for ComfyUI's ``CLIPLoader``. For a long bigG:
+    ``sdxl``: ``text_encoder_2/`` (``CLIPTextModelWithProjection``) + ``tokenizer_2/`` (pads with ``"!"``, id 0, as
+    SDXL's) for SDXL pipelines (``bigg=export/sdxl``) or to replace a diffusers SDXL folder's two; ``comfy_g``: one
+    ComfyUI clip_g file (``text_model.*`` + ``text_projection.weight``). Every file is written atomically with the
+    umask's modes; see the module docstring for what may be replaced.
     """
     directory = Path(directory)
     check_export_destination(directory, formats)
@@ -67,11 +73,16 @@ def export_model(model: CLIPModel, directory: str | Path, formats: list[str] | t
         # the paths were checked above (ours from an earlier export, or new): replacing them is allowed
         if name == "openai":
             checkpoints.save_openai_file(plain, target, overwrite=True)
-        elif name == "comfy":
-            checkpoints.save_comfy_file(text_encoder_from_clip(plain), target, overwrite=True)
+        elif name in ("comfy", "comfy_g"):
+            encoder = text_encoder_from_clip(plain, with_projection=name == "comfy_g")
+            checkpoints.save_comfy_file(encoder, target, overwrite=True)
         elif name == "diffusers":
             with atomic_folder(target) as staging:  # whole, so nothing of an older export lingers
                 checkpoints.save_diffusers(text_encoder_from_clip(plain), staging)
+        elif name == "sdxl":
+            with atomic_folder(target) as staging:
+                encoder = text_encoder_from_clip(plain, with_projection=True)
+                checkpoints.save_diffusers(encoder, staging, parts=checkpoints.SDXL_BIGG_PARTS)
         else:
             with atomic_folder(target) as staging:
                 plain.save_pretrained(str(staging))

@@ -31,7 +31,7 @@ from transformers import CLIPModel
 from ..files import atomic_file
 from .data import CLIP_MEAN, CLIP_STD, CaptionCollator
 from .distributed import DistributedContext
-from .model import _as_tensor, trim_padding
+from .model import _as_tensor
 
 SHARD_SIZE = 4096
 MANIFEST_NAME = "manifest.json"
@@ -131,10 +131,14 @@ class FeatureCache:
         try:
             with safe_open(path, framework="pt") as handle:
                 rows = handle.get_slice("features").get_shape()[0]
+                key = (handle.metadata() or {}).get("key")
         except (SafetensorError, OSError, RuntimeError) as error:
             logger.warning("feature cache shard %s cannot be read (%s); computing it again", path, error)
             return False
-        return rows == len(self.shard_rows(index))
+        if key != self.key or rows != len(self.shard_rows(index)):
+            logger.warning("feature cache shard %s is not this cache's (another key or size); computing it again", path)
+            return False
+        return True
 
     def missing_shards(self) -> list[int]:
         """Shards not yet written (or unreadable): what a build still has to compute."""
@@ -278,6 +282,7 @@ class TextTowerFeatures(nn.Module):
         return image_features, long_text, short_text, self.logit_scale
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalised projected text features, as ``CLIPModel.get_text_features`` computes them."""
-        pooled = self.text_model(input_ids=trim_padding(ids)).pooler_output
+        """L2-normalised projected text features, as ``CLIPModel.get_text_features`` computes them (padding trimmed by
+        the caller, as for :meth:`~.model.LongCLIPFeatures.encode_text`)."""
+        pooled = self.text_model(input_ids=ids).pooler_output
         return F.normalize(self.text_projection(pooled), dim=-1)

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import CLIPModel, CLIPTextModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
 from .. import positions, tokenizer
 
@@ -101,11 +101,19 @@ def merged_model(model: CLIPModel) -> CLIPModel:
     return plain
 
 
-def text_encoder_from_clip(model: CLIPModel) -> CLIPTextModel:
-    """The text tower of ``model`` as a stand-alone ``CLIPTextModel`` (what Stable Diffusion's ``text_encoder`` is)."""
+def text_encoder_from_clip(model: CLIPModel, with_projection: bool = False) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """The text tower of ``model`` as a stand-alone ``CLIPTextModel`` (what Stable Diffusion's ``text_encoder`` is), or
+    with ``with_projection`` a ``CLIPTextModelWithProjection`` (SDXL's ``text_encoder_2``, a bigG: pooled, projected)."""
     plain = merged_model(model)
-    encoder = CLIPTextModel(plain.config.text_config)
-    encoder.load_state_dict(plain.text_model.state_dict())
+    if not with_projection:
+        encoder = CLIPTextModel(plain.config.text_config)
+        encoder.load_state_dict(plain.text_model.state_dict())
+        return encoder.to(plain.dtype).eval()
+    config = copy.deepcopy(plain.config.text_config)
+    config.projection_dim = plain.config.projection_dim
+    encoder = CLIPTextModelWithProjection(config)
+    encoder.text_model.load_state_dict(plain.text_model.state_dict())
+    encoder.text_projection.load_state_dict(plain.text_projection.state_dict())
     return encoder.to(plain.dtype).eval()
 
 
@@ -139,8 +147,9 @@ class LongCLIPFeatures(nn.Module):
         return image, long_text, short_text, self.model.logit_scale
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalised projected text features (padding trimmed, see :func:`trim_padding`)."""
-        return F.normalize(_as_tensor(self.model.get_text_features(input_ids=trim_padding(ids))), dim=-1)
+        """L2-normalised projected text features. Trim the padding of ``ids`` on the host first (:func:`trim_padding`;
+        the trainer does): trimming here, on a GPU, would make the host wait for the device."""
+        return F.normalize(_as_tensor(self.model.get_text_features(input_ids=ids)), dim=-1)
 
 
 def _as_tensor(output: object) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The training loop: DDP over torchrun/accelerate, mixed precision, checkpoints with exact resume, logging.
+"""The training loop: DDP (or FSDP) over torchrun/accelerate, mixed precision, checkpoints with exact resume, logging;
+both towers, or the text tower alone against cached image features (``text_only``).
 
 Checkpoints: ``checkpoint-latest.pt`` is written atomically and read back before it replaces the previous one, which
 is kept as ``checkpoint-previous.pt``; ``resume: auto`` falls back to it (with a warning) when the latest cannot be
@@ -30,9 +31,18 @@ from ..files import atomic_file
 from .config import TrainConfig
 from .data import LOGGED_PROBLEMS, CaptionCollator, ResumableSampler, batches
 from .distributed import DistributedContext, all_reduce_mean, all_reduce_sum, current_context
+from .feature_cache import (
+    CachedFeatureDataset,
+    FeatureCollator,
+    TextTowerFeatures,
+    build_feature_cache,
+    freeze_vision_tower,
+    vision_modules,
+)
+from .fsdp import ShardedModel
 from .logging_utils import MetricLogger
 from .losses import LossOutput, longclip_loss
-from .model import LongCLIPFeatures, context_length, prepare_for_training
+from .model import LongCLIPFeatures, context_length, prepare_for_training, trim_padding
 
 CHECKPOINT_NAME = "checkpoint-latest.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint-previous.pt"
@@ -147,7 +157,10 @@ class Trainer:
     """Fine-tunes a ``CLIPModel`` into Long-CLIP on ``dataset`` (items ``(pixels, long caption, short caption)``, and
     optionally a fourth, the problem of a replaced sample, as :class:`~.data.CaptionDataset` gives).
 
-    ``model`` is prepared in place (position stretch, frozen rows, logit scale) as ``config`` says.
+    ``model`` is prepared in place (position stretch, frozen rows, logit scale) as ``config`` says. With
+    ``config.text_only`` its vision tower is frozen, run once over ``dataset`` into the feature cache and moved to the
+    CPU; the steps then run the text tower alone. With ``config.parallel == "fsdp"`` and several processes the trained
+    modules are sharded (:mod:`.fsdp`), else wrapped in DDP.
     """
 
     def __init__(self, config: TrainConfig, model: CLIPModel, dataset: Dataset, context: DistributedContext | None = None) -> None:
@@ -157,15 +170,27 @@ class Trainer:
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
         torch.manual_seed(config.seed)
+        self.output_dir = Path(config.output_dir)
         self.model = prepare_for_training(
             model, stretch=config.stretch, keep=config.keep, ratio=config.ratio, logit_scale_init=config.logit_scale_init
-        ).to(self.device)
-        self.model.train()
+        )
+        if config.text_only:
+            freeze_vision_tower(self.model)
+        self.model.to(self.device).train()
         if config.gradient_checkpointing:
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        features = LongCLIPFeatures(self.model)
-        self.features = DistributedDataParallel(features) if self.context.enabled else features
         self.context_length = context_length(self.model)
+        if config.text_only:
+            dataset = self._cached_features(dataset)
+            features, collate = TextTowerFeatures(self.model), FeatureCollator(self.context_length)
+        else:
+            features, collate = LongCLIPFeatures(self.model), CaptionCollator(self.context_length)
+        self.sharded = None  # the FSDP state of a sharded run
+        if config.parallel == "fsdp" and self.context.enabled:
+            self.sharded = ShardedModel(self.model, features, config.precision)
+            self.features = self.sharded.features
+        else:
+            self.features = DistributedDataParallel(features) if self.context.enabled else features
         self.sampler = ResumableSampler(
             len(dataset), config.batch_size, self.context.rank, self.context.world_size, seed=config.seed
         )
@@ -174,7 +199,7 @@ class Trainer:
             batch_size=config.batch_size,
             sampler=self.sampler,
             num_workers=config.num_workers,
-            collate_fn=CaptionCollator(self.context_length),
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
         )
@@ -185,18 +210,33 @@ class Trainer:
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda" or None,  # one kernel for every parameter's update on GPU
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, self.total_steps)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
-        self.output_dir = Path(config.output_dir)
         self.logger = MetricLogger(self.output_dir, enabled=self.context.is_main)
         # data problems met while training, summed over ranks: images replaced, long/short captions cut
         self.data_counts = {"images_replaced": 0, "long_captions_cut": 0, "short_captions_cut": 0}
         self._replaced_this_epoch = 0
         self._latest_is_ours = False  # only a checkpoint this run wrote or resumed from may become the previous one
+
+    def _cached_features(self, dataset: Dataset) -> CachedFeatureDataset:
+        """Text-only mode: the image features of ``dataset`` from the cache (computed now where missing); the vision
+        tower then goes to the CPU, where it waits for the export."""
+        root = self.config.feature_cache or self.output_dir / "feature-cache"
+        cache = build_feature_cache(
+            self.model, dataset, root, precision=self.config.precision, batch_size=self.config.batch_size,
+            num_workers=self.config.num_workers, context=self.context,
+        )
+        features, problems = cache.load()
+        for module in vision_modules(self.model).values():
+            module.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return CachedFeatureDataset(dataset, features, problems)
 
     # ------------------------------------------------------------------------------------------------ one step
     def _autocast(self):
@@ -206,11 +246,18 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def compute_loss(self, batch: dict) -> LossOutput:
-        """Forward pass and loss for this rank's part of a batch (no backward)."""
-        batch = {key: batch[key].to(self.device, non_blocking=True) for key in ("pixel_values", "long_ids", "short_ids")}
+        """Forward pass and loss for this rank's part of a batch (no backward).
+
+        Caption padding is trimmed here, on the host (:func:`~.model.trim_padding`): on the GPU it would wait for it.
+        """
+        images = "image_features" if self.config.text_only else "pixel_values"
+        batch = {
+            key: (trim_padding(batch[key]) if key.endswith("_ids") else batch[key]).to(self.device, non_blocking=True)
+            for key in (images, "long_ids", "short_ids")
+        }
         short_ids = batch["short_ids"] if self.config.short_loss else None
         with self._autocast():
-            image, text_long, text_short, logit_scale = self.features(batch["pixel_values"], batch["long_ids"], short_ids)
+            image, text_long, text_short, logit_scale = self.features(batch[images], batch["long_ids"], short_ids)
             return longclip_loss(
                 image,
                 text_long,
@@ -234,9 +281,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """The training state (under FSDP a collective call: rank 0 gets the whole model and optimizer state)."""
+        if self.sharded is not None:
+            model_state, optimizer_state = self.sharded.state(self.optimizer)
+        else:
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        if self.config.text_only:  # the frozen vision tower is the base model's: not saved again every time
+            vision = tuple(f"{name}." for name in vision_modules(self.model))
+            model_state = {key: value for key, value in model_state.items() if not key.startswith(vision)}
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -245,6 +300,8 @@ class Trainer:
             "world_size": self.context.world_size,
             "config": asdict(self.config),
             "data_counts": dict(self.data_counts),
+            "text_only": self.config.text_only,
+            "parallel": "fsdp" if self.sharded is not None else "ddp",
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -254,13 +311,14 @@ class Trainer:
         wrote it or resumed from it) become ``checkpoint-previous.pt`` and the new one take its place.
         """
         path = Path(path) if path else self.output_dir / CHECKPOINT_NAME
+        state = self.state_dict()
         rng = [_rng_state()]
         if self.context.enabled:
             rng = [None] * self.context.world_size
             dist.all_gather_object(rng, _rng_state())
         if self.context.is_main:
             with atomic_file(path) as temporary:
-                torch.save({**self.state_dict(), "rng": rng}, temporary)
+                torch.save({**state, "rng": rng}, temporary)
                 read_checkpoint(temporary, mmap=True)
                 if self._latest_is_ours and path.is_file():
                     os.replace(path, previous_checkpoint_path(path))
@@ -279,9 +337,23 @@ class Trainer:
                 f"checkpoint {path} was written by {state['world_size']} processes, this run has "
                 f"{self.context.world_size}; resume with the same number so the data order stays exact"
             )
+        written_as = ("text-only" if state.get("text_only") else "full", state.get("parallel", "ddp"))
+        running_as = ("text-only" if self.config.text_only else "full", "fsdp" if self.sharded is not None else "ddp")
+        if written_as != running_as:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a {' '.join(written_as)} run, this one is {' '.join(running_as)}; "
+                "resume with the same --text-only and --parallel"
+            )
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded is not None:
+                self.sharded.load_state(self.optimizer, state["model"], state["optimizer"])
+            else:
+                missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+                frozen = tuple(f"{name}." for name in vision_modules(self.model)) if self.config.text_only else ()
+                wrong = unexpected + [key for key in missing if not (frozen and key.startswith(frozen))]
+                if wrong:
+                    raise ValueError(f"its model keys differ from this run's: {', '.join(wrong[:3])}")
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             _set_rng_state(state["rng"][self.context.rank])
@@ -331,9 +403,10 @@ class Trainer:
             logger.log(level, message)
 
     # ------------------------------------------------------------------------------------------------ loop
-    def train(self, stop_at: int | None = None) -> CLIPModel:
+    def train(self, stop_at: int | None = None) -> CLIPModel | None:
         """Run (or resume) training to ``total_steps`` — or only to ``stop_at`` (a pre-emptible job's slice; the
-        schedule still spans ``total_steps``). Saves a checkpoint at the end; returns the model (rows still split)."""
+        schedule still spans ``total_steps``). Saves a checkpoint at the end; returns the model (rows still split;
+        under FSDP gathered whole on rank 0, ``None`` on the other ranks)."""
         self.resume()
         per_epoch = self.sampler.batches_per_epoch
         progress = tqdm(
@@ -359,6 +432,8 @@ class Trainer:
             self.save_checkpoint()
         self.logger.close()
         self._say(self.data_summary())
+        if self.sharded is not None:  # the whole model, on rank 0 (None elsewhere)
+            return self.sharded.full_model(self.optimizer)
         return self.model
 
     def _count_data_problems(self, batch: dict) -> None:
@@ -367,7 +442,8 @@ class Trainer:
         for problem in problems[: max(0, LOGGED_PROBLEMS - self.data_counts["images_replaced"])]:
             logger.warning("replaced an unreadable sample: %s", problem)
         local = [len(problems), batch.get("long_cut", 0), batch.get("short_cut", 0)]
-        replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local, device=self.device)).tolist()
+        device = self.device if self.context.enabled else "cpu"  # alone, the counts never visit the GPU (no sync)
+        replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local, device=device)).tolist()
         if long_cut and not self.data_counts["long_captions_cut"]:
             self._say(
                 f"long captions over {self.context_length} tokens are cut to {self.context_length} "
@@ -432,7 +508,7 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
         config.train_data, 0, config.data_format, config.image_root, config.skip_first, config.max_bad_fraction
     )
     context = init_distributed()
-    model = checkpoints.load_clip_model(config.base_model)
+    model = checkpoints.load_clip_model(config.base_model, hidden_act=config.hidden_act)
     dataset.image_size = model.config.vision_config.image_size
     trainer = Trainer(config, model, dataset, context)
     if context.is_main:

@@ -1,5 +1,6 @@
 """OpenCLIP / bigG bases: OpenCLIP-layout files (GELU, heads width/64 in text, OpenCLIP's vision heads) and the
-transformers layout of LAION's bigG read as training bases."""
+transformers layout of LAION's bigG read as training bases; a long bigG trained here exported for SDXL (diffusers
+``text_encoder_2``, ComfyUI clip_g, reference layout) and read back by our SDXL pipeline."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from longclip_diffusion import checkpoints
-from longclip_diffusion.training.model import context_length, prepare_for_training
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from longclip_diffusion import checkpoints, comfy_format
+from longclip_diffusion.pipelines import LongCLIPStableDiffusionXLPipeline, apply_long_clip
+from longclip_diffusion.testing import tiny_sdxl_components
+from longclip_diffusion.training.export import export_model
+from longclip_diffusion.training.model import context_length, prepare_for_training, text_encoder_from_clip
+from longclip_diffusion.training.trainer import Trainer
 
 TEXT_WIDTH, TEXT_LAYERS = 32, 13  # deeper than any OpenAI text tower: read as OpenCLIP (GELU) without being told
 
@@ -107,3 +114,35 @@ def test_transformers_bigg_folder_and_kps_to_248(tmp_path):
     stretched = loaded.text_model.embeddings.position_embedding.weight.detach()
     torch.testing.assert_close(stretched[:20], table[:20])  # KPS keeps the first 20 rows
     torch.testing.assert_close(stretched[20 + 4 * 3], table[23])  # and places row 20 + i at 20 + 4 i
+
+
+def test_long_bigg_trained_text_only_goes_into_sdxl(tmp_path, dataset, make_config):
+    """Train a bigG-shaped CLIP (text-only, 2 steps), export it the three ways users need, and read each back in our
+    SDXL pipeline: its text_encoder_2 gives the trained tower's hidden states and pooled projection."""
+    config = make_config(tmp_path / "run", text_only=True, max_steps=2, export=["openai", "sdxl", "comfy_g"])
+    trained = Trainer(config, tiny_bigg_clip(), torch.utils.data.Subset(dataset, range(16))).train()
+    written = export_model(trained, tmp_path / "run" / "export", config.export)
+    expected_encoder = text_encoder_from_clip(trained, with_projection=True)
+    ids = torch.tensor([[49406] + [320 + i % 50 for i in range(150)] + [49407] + [0] * 96])  # 248, past 77
+    with torch.no_grad():
+        expected = expected_encoder(ids, output_hidden_states=True)
+    assert (expected.text_embeds - tiny_bigg_clip().get_text_features(input_ids=ids[:, :77]).pooler_output).abs().max() > 0
+    for source in (written["sdxl"], written["comfy_g"], written["openai"]):
+        pipeline = apply_long_clip(LongCLIPStableDiffusionXLPipeline(**tiny_sdxl_components()), None, bigg=source)
+        assert pipeline.config.long_clip_bigg_mode == "supplied", source
+        bigg = pipeline.text_encoder_2
+        assert isinstance(bigg, CLIPTextModelWithProjection) and bigg.config.hidden_act == "gelu"
+        with torch.no_grad():
+            got = bigg(ids, output_hidden_states=True)
+        torch.testing.assert_close(got.text_embeds, expected.text_embeds, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.hidden_states[-2], expected.hidden_states[-2], atol=1e-5, rtol=1e-5)
+        embeds, _, pooled, _ = pipeline.encode_prompt("a red fox " * 60, device=torch.device("cpu"), do_classifier_free_guidance=False)
+        assert embeds.shape == (1, 248, 16 + TEXT_WIDTH) and pooled.shape == (1, TEXT_WIDTH)
+    # the SDXL folder: stock transformers reads text_encoder_2; tokenizer_2 pads with "!" (id 0) as SDXL's, at 248
+    assert isinstance(CLIPTextModelWithProjection.from_pretrained(written["sdxl"] / "text_encoder_2"), CLIPTextModelWithProjection)
+    tokenizer = CLIPTokenizer.from_pretrained(written["sdxl"] / "tokenizer_2")
+    assert (tokenizer.pad_token, tokenizer.pad_token_id, tokenizer.model_max_length) == ("!", 0, 248)
+    # the ComfyUI clip_g file: text_model.* with its projection and a 248-row table, as ComfyUI's clip_g reads
+    state_dict = comfy_format.load_comfy_text_encoder(written["comfy_g"])
+    assert comfy_format.PROJECTION in state_dict and state_dict[comfy_format.TABLE].shape == (248, TEXT_WIDTH)
+    assert comfy_format.text_model_config(state_dict)["num_hidden_layers"] == TEXT_LAYERS

@@ -88,8 +88,9 @@ def encode_prompt(
     device = device or self._execution_device
     prompts = prompt_list(prompt, prompt_embeds)
     check_images_per_prompt(num_images_per_prompt)
-    check_prompt_embeds(prompt_embeds, "prompt_embeds", None)
-    check_prompt_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", None, rank=2)
+    config = self.transformer.config if self.transformer is not None else None
+    check_prompt_embeds(prompt_embeds, "prompt_embeds", config and config.joint_attention_dim)
+    check_prompt_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", config and config.pooled_projection_dim, rank=2)
 
     with scaled_lora(self, lora_scale, FluxLoraLoaderMixin, [self.text_encoder, self.text_encoder_2]):
         if prompt_embeds is None:

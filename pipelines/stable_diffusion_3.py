@@ -166,10 +166,12 @@ def encode_prompt(
     prompts = prompt_list(prompt, prompt_embeds)
     batch_size = len(prompts) if prompts is not None else prompt_embeds.shape[0]
     check_images_per_prompt(num_images_per_prompt)
-    check_prompt_embeds(prompt_embeds, "prompt_embeds", None)
-    check_prompt_embeds(negative_prompt_embeds, "negative_prompt_embeds", None)
-    check_prompt_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", None, rank=2)
-    check_prompt_embeds(negative_pooled_prompt_embeds, "negative_pooled_prompt_embeds", None, rank=2)
+    config = self.transformer.config if self.transformer is not None else None
+    width, pooled_width = (config.joint_attention_dim, config.pooled_projection_dim) if config else (None, None)
+    check_prompt_embeds(prompt_embeds, "prompt_embeds", width)
+    check_prompt_embeds(negative_prompt_embeds, "negative_prompt_embeds", width)
+    check_prompt_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", pooled_width, rank=2)
+    check_prompt_embeds(negative_pooled_prompt_embeds, "negative_pooled_prompt_embeds", pooled_width, rank=2)
 
     with scaled_lora(self, lora_scale, SD3LoraLoaderMixin, [self.text_encoder, self.text_encoder_2]):
         if prompt_embeds is None:

@@ -516,6 +516,6 @@ def run_training(config: TrainConfig) -> dict[str, Path]:
         save_config(config, trainer.output_dir / "config.yaml")
     trained = trainer.train()
     del trainer  # its DDP reducer holds the process group; free it before the group goes
-    written = export_model(trained, export_dir, config.export) if context.is_main else {}
+    written = export_model(trained.to("cpu"), export_dir, config.export) if context.is_main else {}
     shutdown_distributed()
     return written

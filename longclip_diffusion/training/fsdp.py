@@ -59,6 +59,8 @@ class ShardedModel:
         for layer in encoder_layers(features):
             fully_shard(layer, mp_policy=policy)
         self.features = fully_shard(features, mp_policy=policy)
+        if hasattr(features, LOGIT_SCALE):  # the sharded scale was registered on the feature module: share it back
+            model.logit_scale = features.logit_scale
 
     def state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """Full model and optimizer state dicts, on the CPU (every rank must call; rank 0 gets them, the others

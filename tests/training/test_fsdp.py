@@ -60,13 +60,21 @@ def _worker(rank: int, port: int, batch: dict, dataset, output_dir: str, result_
     resumed.train_step(local)
     after_original = trainer.sharded.full_model(trainer.optimizer)
     after_resumed = resumed.sharded.full_model(resumed.optimizer)
+    # text-only under FSDP: the features cached by both processes together, only the text layers sharded
+    text_only = Trainer(
+        _config(rows, output_dir + "-text", parallel="fsdp", text_only=True, feature_cache=output_dir + "-cache"),
+        _model(), dataset, context,
+    )
+    cached = text_only.loader.collate_fn([text_only.loader.dataset[i] for i in range(rank * rows, (rank + 1) * rows)])
+    text_loss = all_reduce_mean(text_only.train_step(cached).total)
+    text_grads = _full_gradients(text_only)
     if rank == 0:
         torch.save(
             {"loss": loss, "grads": grads, "stepped": stepped.state_dict(), "after_original": after_original.state_dict(),
-             "after_resumed": after_resumed.state_dict()},
+             "after_resumed": after_resumed.state_dict(), "text_loss": text_loss, "text_grads": text_grads},
             result_path,
         )
-    del trainer, resumed
+    del trainer, resumed, text_only
     shutdown_distributed()
 
 
@@ -105,6 +113,16 @@ def test_one_sharded_step_equals_one_unsharded_step(tmp_path, dataset, batch):
     # resume: the same next step as the run that was not interrupted
     for name, value in sharded["after_original"].items():
         torch.testing.assert_close(sharded["after_resumed"][name], value, msg=lambda m: f"resumed {name}: {m}")
+    # text-only: the same loss and text gradients as one text-only process (which reuses the cache the two wrote)
+    text_only = Trainer(
+        _config(8, str(tmp_path / "single-text"), text_only=True, feature_cache=str(tmp_path / "fsdp-cache")), _model(), dataset
+    )
+    whole = text_only.loader.collate_fn([text_only.loader.dataset[i] for i in range(8)])
+    torch.testing.assert_close(sharded["text_loss"], text_only.train_step(whole).total, atol=1e-5, rtol=1e-5)
+    text_grads = _full_gradients(text_only)
+    assert sharded["text_grads"].keys() == text_grads.keys() and not any(name.startswith("vision") for name in text_grads)
+    for name, grad in text_grads.items():
+        torch.testing.assert_close(sharded["text_grads"][name], grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"text-only {name}: {m}")
     # a checkpoint of 2 sharded processes is refused by 1 process, saying why
     with pytest.raises(ValueError, match="written by 2 processes"):
         single.load_checkpoint(tmp_path / "fsdp" / "checkpoint-latest.pt")

@@ -146,3 +146,28 @@ def test_long_bigg_trained_text_only_goes_into_sdxl(tmp_path, dataset, make_conf
     state_dict = comfy_format.load_comfy_text_encoder(written["comfy_g"])
     assert comfy_format.PROJECTION in state_dict and state_dict[comfy_format.TABLE].shape == (248, TEXT_WIDTH)
     assert comfy_format.text_model_config(state_dict)["num_hidden_layers"] == TEXT_LAYERS
+
+
+def test_sdxl_export_replaces_a_stock_sdxl_folders_text_encoder_2(tmp_path, dataset, make_config):
+    """Stock diffusers: an SDXL folder with a 248-token CLIP-L and our export/sdxl copied over text_encoder_2/ and
+    tokenizer_2/ encodes 248 tokens, bigG's half and the pooled vector from the trained tower."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+
+    config = make_config(tmp_path / "run", text_only=True, max_steps=1, export=["sdxl"])
+    trained = Trainer(config, tiny_bigg_clip(), torch.utils.data.Subset(dataset, range(8))).train()
+    export = export_model(trained, tmp_path / "run" / "export", config.export)["sdxl"]
+    StableDiffusionXLPipeline(**tiny_sdxl_components(long_clip=True)).save_pretrained(tmp_path / "sdxl")
+    for part in checkpoints.SDXL_BIGG_PARTS:
+        shutil.rmtree(tmp_path / "sdxl" / part)
+        shutil.copytree(export / part, tmp_path / "sdxl" / part)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl")
+    prompt = "a red fox in the snow, " * 20  # past 77 tokens
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipeline.encode_prompt(prompt, device=torch.device("cpu"), do_classifier_free_guidance=False)
+        ids = pipeline.tokenizer_2(prompt, padding="max_length", max_length=248, truncation=True, return_tensors="pt").input_ids
+        expected = text_encoder_from_clip(trained, with_projection=True)(ids, output_hidden_states=True)
+    assert embeds.shape == (1, 248, 16 + TEXT_WIDTH)
+    torch.testing.assert_close(embeds[0, :, 16:], expected.hidden_states[-2][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, expected.text_embeds, atol=1e-5, rtol=1e-5)

@@ -195,6 +195,8 @@ def build_feature_cache(
     cache = FeatureCache(root, cache_description(model, dataset, precision), shard_size)
     device = next(model.vision_model.parameters()).device
     missing = cache.missing_shards()
+    if context.enabled:  # every rank has listed the missing shards before any is written: the lists agree
+        dist.barrier()
     if context.is_main:
         if missing:
             done = cache.shards - len(missing)

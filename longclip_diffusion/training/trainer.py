@@ -481,7 +481,9 @@ class Trainer:
         if loss.short is not None:
             metrics["loss_short"] = all_reduce_mean(loss.short).item()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["logit_scale"] = self.model.logit_scale.exp().item()
+        scale = self.model.logit_scale.detach()
+        scale = scale.full_tensor() if hasattr(scale, "full_tensor") else scale  # sharded under FSDP: a collective
+        metrics["logit_scale"] = scale.exp().item()
         metrics.update(self.data_counts)
         self.logger.log(self.step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}")

@@ -68,10 +68,13 @@ def _worker(rank: int, port: int, batch: dict, dataset, output_dir: str, result_
     cached = text_only.loader.collate_fn([text_only.loader.dataset[i] for i in range(rank * rows, (rank + 1) * rows)])
     text_loss = all_reduce_mean(text_only.train_step(cached).total)
     text_grads = _full_gradients(text_only)
+    # the whole loop (logging reads the sharded logit scale; the model comes back whole on rank 0)
+    looped = Trainer(_config(rows, output_dir + "-loop", parallel="fsdp", log_every=1), _model(), dataset, context).train()
     if rank == 0:
         torch.save(
             {"loss": loss, "grads": grads, "stepped": stepped.state_dict(), "after_original": after_original.state_dict(),
-             "after_resumed": after_resumed.state_dict(), "text_loss": text_loss, "text_grads": text_grads},
+             "after_resumed": after_resumed.state_dict(), "text_loss": text_loss, "text_grads": text_grads,
+             "looped": looped.state_dict()},
             result_path,
         )
     del trainer, resumed, text_only
@@ -123,6 +126,10 @@ def test_one_sharded_step_equals_one_unsharded_step(tmp_path, dataset, batch):
     assert sharded["text_grads"].keys() == text_grads.keys() and not any(name.startswith("vision") for name in text_grads)
     for name, grad in text_grads.items():
         torch.testing.assert_close(sharded["text_grads"][name], grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"text-only {name}: {m}")
+    # train(): two logged steps, and a whole model that loads into a plain CLIPModel
+    assert len((tmp_path / "fsdp-loop" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert sharded["looped"]["logit_scale"].shape == ()
+    single.model.load_state_dict(sharded["looped"])
     # a checkpoint of 2 sharded processes is refused by 1 process, saying why
     with pytest.raises(ValueError, match="written by 2 processes"):
         single.load_checkpoint(tmp_path / "fsdp" / "checkpoint-latest.pt")

@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusion.pipelines import LongCLIPStableDiffusionXLPipeline

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,3 +35,12 @@ def reference_checkpoint() -> Path:
     if not REFERENCE_CHECKPOINT.exists():
         pytest.skip(f"reference checkpoint not found in {FIXTURES} (set LONGCLIP_FIXTURES)")
     return REFERENCE_CHECKPOINT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run much faster on one thread (no OpenMP synchronisation), above all on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

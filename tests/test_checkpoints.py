@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from longclip_diffusion.checkpoints import (
     CheckpointError,
@@ -23,8 +23,6 @@ from longclip_diffusion.checkpoints import (
     load_clip_model,
     load_text_encoder,
     read_state_dict,
-    save_comfy_file,
-    save_diffusers,
     save_openai_file,
 )
 from longclip_diffusion.files import PARTIAL_MARKER, DestinationExistsError

@@ -25,15 +25,6 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 PROMPT = " ".join(f"word{i % 10} tree" for i in range(60))  # well past 77 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread when the two cores are shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_lora(model: torch.nn.Module, targets: list[str], seed: int) -> dict[str, torch.Tensor]:
     """LoRA layers with non-zero A and B (as after training) on a copy of ``model``, in diffusers' saved format."""
     from diffusers.utils import convert_state_dict_to_diffusers

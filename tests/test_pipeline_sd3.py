@@ -24,15 +24,6 @@ PROMPT = "a painting of a squirrel eating a burger"
 LONG = " ".join(f"word{i % 10} tree" for i in range(60))  # 120 CLIP tokens, well past 77
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread when the two cores are shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_pipeline(bigg="stretch", **overrides) -> LongCLIPStableDiffusion3Pipeline:
     components = tiny_sd3_components(long_clip=True)
     components.update(overrides)

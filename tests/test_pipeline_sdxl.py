@@ -27,15 +27,6 @@ SHORT = "a red fox in the snow"  # 6 tokens
 LONG = " ".join(f"word{i % 10} tree" for i in range(60))  # well past 77 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~100× faster on one thread when the two cores are shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_pipeline(bigg="stretch", hidden_state=None, **overrides) -> LongCLIPStableDiffusionXLPipeline:
     components = tiny_sdxl_components(long_clip=True)
     components.update(overrides)

@@ -7,7 +7,6 @@ import logging
 import pytest
 import torch
 
-from longclip_diffusion.positions import stretch_text_encoder
 from longclip_diffusion.prompts import (
     count_tokens,
     encode_prompts,

@@ -21,14 +21,6 @@ from longclip_diffusion.testing_mmdit import tiny_flux_components, tiny_sd3_comp
 LONG = " ".join(f"word{i % 10} tree" for i in range(120))  # ≈ 360 CLIP tokens: past 248
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def flux() -> LongCLIPFluxPipeline:
     return LongCLIPFluxPipeline(**tiny_flux_components())
 

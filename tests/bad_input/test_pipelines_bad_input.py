@@ -24,14 +24,6 @@ from longclip_diffusion.testing import clip_text_config, random_text_encoder, ti
 HUGE = "1" + "0" * 41  # a weight of 1e41, written as the syntax reads numbers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """Long-CLIP files (right and wrong width), a stock SD base and a saved Long-CLIP SD pipeline."""

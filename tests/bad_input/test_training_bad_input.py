@@ -28,14 +28,6 @@ from longclip_diffusion.training.trainer import CHECKPOINT_NAME, PREVIOUS_CHECKP
 CAPTION = "A red square on the left. Next to it a blue circle."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(layers: int = 1):
     return synthetic.tiny_clip(max_positions=77, image_size=32, width=64, layers=layers, seed=0)
 

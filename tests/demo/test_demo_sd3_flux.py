@@ -204,6 +204,6 @@ def test_gradio_client_flux_long_prompt_and_wrong_family(tiny_flux_folder, tiny_
         inputs["base"] = str(tiny_sd3_folder)
         _, _, status, _ = client.predict(*inputs.values(), api_name="/generate")
         assert "role='alert'" in status
-        assert f"is SD3 (model_index.json), but Model family is Flux; choose SD3 under Model family." in status
+        assert "is SD3 (model_index.json), but Model family is Flux; choose SD3 under Model family." in status
     finally:
         demo.close()

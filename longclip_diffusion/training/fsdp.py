@@ -52,7 +52,10 @@ class ShardedModel:
         self._unsaved_buffers = {  # position ids: in no state dict, so kept here (they are small)
             name: buffer.detach().to("cpu", copy=True) for name, buffer in model.named_buffers() if name not in persistent
         }
-        self._template = copy.deepcopy(model).to("meta")
+        # a copy of the structure only: every tensor on the meta device (no memory), not a copy of the weights
+        meta = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
+        meta.update({id(b): torch.empty_like(b, device="meta") for b in model.buffers()})
+        self._template = copy.deepcopy(model, meta)
         policy = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16 if precision == "bf16" else None, reduce_dtype=torch.float32
         )

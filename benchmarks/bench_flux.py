@@ -35,8 +35,8 @@ from transformers import CLIPTextModel, T5EncoderModel
 
 from longclip_diffusion.pipelines import LongCLIPFluxPipeline
 from longclip_diffusion.pipelines.flux import clip_pooled_output
-from longclip_diffusion.positions import position_embedding, stretch_positions
-from longclip_diffusion.testing import full_size_clip_l_config
+from longclip_diffusion.positions import position_embedding
+from longclip_diffusion.testing import full_size_clip_l_config, random_init, with_position_table
 from longclip_diffusion.testing_mmdit import (
     full_size_flux_transformer,
     full_size_flux_vae,
@@ -77,46 +77,11 @@ def median_seconds(function, repeats: int, synchronize: bool = False) -> float:
     return statistics.median(times)
 
 
-def random_init(model: torch.nn.Module, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Fast random fill of a model built on the meta device (weights N(0, 0.02), norms 1, biases 0)."""
-    model.to(dtype=dtype).to_empty(device=device)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.zero_()
-            elif parameter.ndim == 1:
-                parameter.fill_(1.0)
-            else:
-                parameter.normal_(0.0, 0.02)
-    for module in model.modules():  # non-persistent buffers (position ids) are lost by to_empty
-        if isinstance(getattr(module, "position_ids", None), torch.Tensor):
-            positions = module.position_ids.shape[-1]
-            module.register_buffer("position_ids", torch.arange(positions, device=device).unsqueeze(0), persistent=False)
-    return model.eval()
-
-
 def build(factory, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(0)
     with torch.device("meta"):
         model = factory()
     return random_init(model, device, dtype)
-
-
-def with_positions(model: CLIPTextModel, num_positions: int) -> CLIPTextModel:
-    """The same encoder weights (shared, not copied) with a KPS-stretched ``num_positions``-row position table."""
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    config.max_position_embeddings = num_positions
-    with torch.device("meta"):
-        clone = type(model)(config)
-    state = dict(model.state_dict())
-    key = next(k for k in state if k.endswith("position_embedding.weight"))
-    state[key] = stretch_positions(state[key])
-    clone.load_state_dict(state, assign=True)
-    device = state[key].device
-    for module in clone.modules():
-        if isinstance(getattr(module, "position_ids", None), torch.Tensor):
-            module.register_buffer("position_ids", torch.arange(num_positions, device=device).unsqueeze(0), persistent=False)
-    return clone.eval()
 
 
 @torch.no_grad()
@@ -135,7 +100,7 @@ def encoders(t5_layers: int, device: str = "cpu", dtype: torch.dtype = torch.flo
     clip_l = build(lambda: CLIPTextModel(full_size_clip_l_config(77)), device, dtype)
     position_embedding(clip_l).weight.data.normal_(0.0, 0.01)
     t5 = build(lambda: T5EncoderModel(full_size_t5_xxl_config(t5_layers)), device, dtype)
-    return clip_l, with_positions(clip_l, 248), t5
+    return clip_l, with_position_table(clip_l, 248), t5
 
 
 def pipelines(clip_l, long_clip_l, t5, **common):

@@ -25,13 +25,15 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from longclip_diffusion.pipelines import LongCLIPStableDiffusionXLPipeline
-from longclip_diffusion.positions import position_embedding, stretch_positions
+from longclip_diffusion.positions import position_embedding
 from longclip_diffusion.testing import (
     full_size_bigg_config,
     full_size_clip_l_config,
     full_size_sdxl_unet,
     full_size_sdxl_vae,
+    random_init,
     sdxl_tokenizer_2,
+    with_position_table,
 )
 from longclip_diffusion.tokenizer import END_OF_TEXT, START_OF_TEXT, load_tokenizer, token_ids
 
@@ -63,37 +65,6 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def with_positions(model, num_positions: int):
-    """The same encoder weights (shared, not copied) with a 77-row or KPS-stretched 248-row position table."""
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    config.max_position_embeddings = num_positions
-    with torch.device("meta"):
-        clone = type(model)(config)
-    state = dict(model.state_dict())
-    key = next(k for k in state if k.endswith("position_embedding.weight") and "vision" not in k)
-    table = state[key]
-    state[key] = table if table.shape[0] == num_positions else stretch_positions(table)
-    clone.load_state_dict(state, assign=True)
-    for module in clone.modules():
-        if isinstance(getattr(module, "position_ids", None), torch.Tensor):
-            module.register_buffer("position_ids", torch.arange(num_positions).unsqueeze(0), persistent=False)
-    return clone.eval()
-
-
-def random_init(model: torch.nn.Module) -> torch.nn.Module:
-    """Fast random fill of a model built on the meta device (weights N(0, 0.02), norms 1, biases 0)."""
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.zero_()
-            elif parameter.ndim == 1:
-                parameter.fill_(1.0)
-            else:
-                parameter.normal_(0.0, 0.02)
-    return model.eval()
-
-
 def build_encoders():
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -101,11 +72,7 @@ def build_encoders():
         bigg = CLIPTextModelWithProjection(full_size_bigg_config(77))
     clip_l, bigg = random_init(clip_l), random_init(bigg)
     for module in (clip_l, bigg):
-        table = position_embedding(module)
-        table.weight.data.normal_(0.0, 0.01)
-        for child in module.modules():
-            if isinstance(getattr(child, "position_ids", None), torch.Tensor):
-                child.register_buffer("position_ids", torch.arange(77).unsqueeze(0), persistent=False)
+        position_embedding(module).weight.data.normal_(0.0, 0.01)
     return clip_l, bigg
 
 
@@ -133,7 +100,7 @@ def chunked_encode(clip_l, bigg, prompts: list[str], num_windows: int):
 
 def stage_encoding(repeats: int, results: list) -> None:
     clip_l, bigg = build_encoders()
-    long_clip_l, long_bigg = with_positions(clip_l, 248), with_positions(bigg, 248)
+    long_clip_l, long_bigg = with_position_table(clip_l, 248), with_position_table(bigg, 248)
     num_tokens = len(token_ids([PROMPT])[0])
     common = dict(vae=None, unet=None, scheduler=None, tokenizer_2=sdxl_tokenizer_2(), force_zeros_for_empty_prompt=False)
     stock = StableDiffusionXLPipeline(text_encoder=clip_l, text_encoder_2=bigg, tokenizer=load_tokenizer(77), **common)
@@ -176,7 +143,7 @@ def stage_encoding(repeats: int, results: list) -> None:
 
 def stage_end_to_end(repeats: int, latent: int, steps: int, step_latents: list[int], results: list) -> None:
     clip_l, bigg = build_encoders()
-    long_clip_l, long_bigg = with_positions(clip_l, 248), with_positions(bigg, 248)
+    long_clip_l, long_bigg = with_position_table(clip_l, 248), with_position_table(bigg, 248)
     start = time.perf_counter()
     torch.manual_seed(0)
     with torch.device("meta"):

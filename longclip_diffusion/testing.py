@@ -7,11 +7,12 @@ Nothing here downloads anything: models are built from configs in code and use t
 from __future__ import annotations
 
 import torch
+from torch import nn
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from . import checkpoints
-from .positions import stretch_text_encoder
+from .positions import reset_position_ids, stretch_positions, stretch_text_encoder
 from .tokenizer import load_tokenizer
 
 
@@ -238,3 +239,38 @@ def full_size_sdxl_vae() -> AutoencoderKL:
         sample_size=1024,
         scaling_factor=0.13025,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Full-size random models for the benchmarks: built on the meta device, filled fast, position tables shared or stretched
+
+
+def random_init(model: nn.Module, device: str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """Fast random fill of a model built on the meta device (weights N(0, 0.02), norms 1, biases 0)."""
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+            elif parameter.ndim == 1:
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, 0.02)
+    return reset_position_ids(model).eval()  # non-persistent buffers are lost by to_empty
+
+
+def with_position_table(model: nn.Module, num_positions: int) -> nn.Module:
+    """The same CLIP text encoder weights (shared, not copied) with a ``num_positions``-row position table: the
+    model's own when it has that many rows, else its table KPS-stretched."""
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.max_position_embeddings = num_positions
+    with torch.device("meta"):
+        clone = type(model)(config)
+    state = dict(model.state_dict())
+    key = next(k for k in state if k.endswith("position_embedding.weight") and "vision" not in k)
+    if state[key].shape[0] != num_positions:
+        state[key] = stretch_positions(state[key])
+    clone.load_state_dict(state, assign=True)
+    return reset_position_ids(clone).eval()

@@ -34,15 +34,6 @@ def make_config():
     return small_config
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_thread():
-    """The tiny models run fastest on one thread (no OpenMP synchronisation), above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def scenes():
     return synthetic.make_scenes(48, seed=3)

@@ -144,9 +144,7 @@ def encode(pipe: Any, family: Family, prompt: str, negative_prompt: str) -> dict
 
 
 def _from_pretrained_kwargs(base: str, dtype: Any) -> dict[str, Any]:
-    from longclip_diffusion.pipelines.core import DTYPE_ARGUMENT
-
-    kwargs: dict[str, Any] = {DTYPE_ARGUMENT: dtype}  # the name the installed diffusers reads (ours take both)
+    kwargs: dict[str, Any] = {"dtype": dtype}  # diffusers ≥ 0.40's name (`torch_dtype` is deprecated)
     if os.path.isdir(base):
         kwargs["local_files_only"] = True  # a local folder never needs the network
     return kwargs

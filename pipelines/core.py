@@ -34,12 +34,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
-from packaging.version import Version
 from torch import nn
 from transformers import CLIPTokenizer
 
@@ -83,16 +81,12 @@ def set_settings(pipeline: DiffusionPipeline, **settings: Any) -> None:
         pipeline._long_clip_settings = {**getattr(pipeline, "_long_clip_settings", {}), **settings}
 
 
-# diffusers 0.40 takes `dtype` in from_pretrained and deprecates `torch_dtype`; older releases take only `torch_dtype`.
-DTYPE_ARGUMENT = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
-
-
 def dtype_argument(kwargs: dict[str, Any]) -> torch.dtype | None:
-    """The dtype asked for as ``dtype`` or ``torch_dtype``, left in ``kwargs`` under the name the installed diffusers
-    reads, so either spelling works on any version without a deprecation warning."""
+    """The dtype asked for as ``dtype`` or ``torch_dtype``, left in ``kwargs`` as ``dtype`` (diffusers ≥ 0.40 reads
+    that name and deprecates ``torch_dtype``), so either spelling works without a deprecation warning."""
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     if dtype is not None:
-        kwargs[DTYPE_ARGUMENT] = dtype
+        kwargs["dtype"] = dtype
     return dtype
 
 

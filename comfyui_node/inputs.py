@@ -71,6 +71,26 @@ def read_clip(path: str, slot: str, family: str, input_name: str) -> dict[str, t
     return state_dict
 
 
+def read_long_clip_g(path: str, positions: int, input_name: str) -> dict[str, torch.Tensor]:
+    """A long bigG for SDXL's clip_g slot, used as it is: 1280 wide, ``positions`` rows (Long-CLIP-L's), and its text
+    projection (SDXL's pooled vector is clip_g's projected end-of-text feature)."""
+    state_dict = read_clip(path, "clip_g", "SDXL", input_name)
+    name = os.path.basename(path.rstrip("/"))
+    found = state_dict[comfy_format.TABLE].shape[0]
+    if found != positions:
+        raise ValueError(
+            f"{input_name} {name!r} has {found} positions; it must have {positions}, as long_clip_l: choose a long bigG "
+            f"(e.g. longclip-g.safetensors from `longclip train --export comfy_g`), or leave {input_name} at none to "
+            "stretch or window the checkpoint's clip_g."
+        )
+    if comfy_format.PROJECTION not in state_dict:
+        raise ValueError(
+            f"{input_name} {name!r} has no text projection; SDXL's pooled vector is clip_g's projected end-of-text "
+            "feature: choose a bigG file saved with its projection (`longclip train --export comfy_g` writes one)."
+        )
+    return state_dict
+
+
 def read_t5(path: str, family: str, input_name: str) -> dict[str, torch.Tensor]:
     """A T5-XXL encoder file in ComfyUI's layout (``shared.weight``, ``encoder.block.N.…``), of T5-XXL's width."""
     state_dict = checkpoints.read_state_dict(path)

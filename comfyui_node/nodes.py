@@ -24,6 +24,7 @@ CATEGORY = "loaders/Long-CLIP"
 FOLDER = "text_encoders"  # ComfyUI maps the legacy models/clip folder here too
 CLIP_L, CLIP_G, T5 = "clip_l.transformer.", "clip_g.transformer.", "t5xxl.transformer."  # prefixes in CLIP.get_sd()
 CLIP_G_MODES = ["stretch", "windows"]
+NO_FILE = "none"  # an optional file combo left unset
 DEVICES = ["default", "cpu"]
 
 
@@ -176,8 +177,9 @@ class LongCLIPLoader(io.ComfyNode):
 
 class LongCLIPSDXL(io.ComfyNode):
     """Turns an SDXL CLIP into a 248-token one: clip_l becomes Long-CLIP-L; clip_g is stretched with KPS
-    ("stretch") or reads the prompt in 75-token windows laid onto the 248 positions ("windows"). Pooled output stays
-    clip_g's. Put LoRA loaders after this node."""
+    ("stretch") or reads the prompt in 75-token windows laid onto the 248 positions ("windows"), or is replaced by a
+    long (248-position) bigG file read as it is (long_clip_g). Pooled output stays clip_g's. Put LoRA loaders after
+    this node."""
 
     @classmethod
     def define_schema(cls):
@@ -199,26 +201,47 @@ class LongCLIPSDXL(io.ComfyNode):
                     tooltip="stretch: KPS to 248 positions, one pass (the reference recipe). windows: clip_g keeps "
                     "77 positions and reads 75-token windows; pooled output then sees only the first 75 tokens.",
                 ),
+                io.Combo.Input(
+                    "long_clip_g",
+                    options=[NO_FILE, *encoder_names()],
+                    default=NO_FILE,
+                    optional=True,
+                    tooltip="A long (248-position) bigG, e.g. longclip-g.safetensors from `longclip train --export "
+                    "comfy_g`, used as clip_g as it is (keep and ratio do not apply). none: the checkpoint's clip_g, "
+                    "as clip_g_mode says.",
+                ),
             ],
             outputs=[io.Clip.Output()],
         )
 
     @classmethod
-    def execute(cls, clip, long_clip_l, keep, ratio, clip_g_mode="stretch") -> io.NodeOutput:
+    def execute(cls, clip, long_clip_l, keep, ratio, clip_g_mode="stretch", long_clip_g=NO_FILE) -> io.NodeOutput:
         inputs.check_choice(clip_g_mode, CLIP_G_MODES, "clip_g_mode")
         path = encoder_path(long_clip_l, "long_clip_l")
+        g_path = None if long_clip_g == NO_FILE else encoder_path(long_clip_g, "long_clip_g")
+        if g_path is not None and clip_g_mode == "windows":
+            raise ValueError(
+                f"clip_g_mode 'windows' reads the checkpoint's clip_g in 75-token windows, but long_clip_g "
+                f"{long_clip_g!r} replaces it (read at its own positions): set clip_g_mode to stretch, or long_clip_g "
+                "to none."
+            )
+        long_l = inputs.read_clip(path, "clip_l", "SDXL", "long_clip_l")
+        length = long_l[comfy_format.TABLE].shape[0]
+        long_g = None if g_path is None else inputs.read_long_clip_g(g_path, length, "long_clip_g")
         state_dict = clip_state_dict(clip)
         found = comfy_format.encoder_prefixes(state_dict)
         if found != {"clip_l": CLIP_L, "clip_g": CLIP_G} or any(key.startswith(T5) for key in state_dict):
             raise ValueError(f"Long-CLIP SDXL needs an SDXL CLIP (clip_l + clip_g); this one has {sorted(found)}.")
-        long_l = inputs.read_clip(path, "clip_l", "SDXL", "long_clip_l")
-        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("clip_l.")}
+        replaced = ("clip_l.",) if long_g is None else ("clip_l.", "clip_g.")
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith(replaced)}
         state_dict.update(comfy_format.with_prefix(long_l, CLIP_L))
-        state_dict = clip_g_at_length(state_dict, clip_g_mode, keep, ratio, long_clip_l)
+        if long_g is None:
+            state_dict = clip_g_at_length(state_dict, clip_g_mode, keep, ratio, long_clip_l)
+        else:  # "supplied", as the diffusers SDXL pipeline's bigg=<file>
+            state_dict.update(comfy_format.with_prefix(long_g, CLIP_G))
         model_class = type(clip.cond_stage_model)
         if clip_g_mode == "windows":
             model_class = with_windowed_clip_g(model_class)
-        length = long_l[comfy_format.TABLE].shape[0]
         return io.NodeOutput(rebuild_clip(clip, state_dict, model_class, token_length=length))
 
 

@@ -61,10 +61,12 @@ def write(root: Path, name: str, what: str) -> None:
         path.mkdir()
     elif what.startswith("t5-"):
         save_file(t5_dict(width=int(what[3:])), str(path))
-    elif what.startswith("clip-"):  # clip-<width>-<positions>, reference (OpenAI) layout with positional_embedding_res
-        width, positions = (int(part) for part in what.split("-")[1:])
+    elif what.startswith("clip-"):  # clip-<width>-<positions>[-noprojection], reference (OpenAI) layout with _res
+        width, positions = (int(part) for part in what.split("-")[1:3])
         state_dict = tiny_models.openai_text_state_dict(width=width, layers=2, intermediate=64, positions=positions,
                                                         projection=width, dtype=torch.float32)
+        if what.endswith("-noprojection"):
+            del state_dict["text_projection"]
         save_file(state_dict, str(path))
     else:
         raise AssertionError(what)
@@ -101,10 +103,17 @@ CASES = [
     ("clip_g_mode typo", "window", None, ("choice", "clip_g_mode", ["stretch", "windows"]), ValueError,
      "clip_g_mode must be one of stretch, windows; got 'window'"),
     ("device typo", "cuda:7", None, ("choice", "device", ["default", "cpu"]), ValueError, "default, cpu"),
+    ("77-position bigG as long_clip_g", "clip_g.safetensors", "clip-1280-77", ("long_g",), ValueError,
+     "long_clip_g 'clip_g.safetensors' has 77 positions; it must have 248, as long_clip_l"),
+    ("Long-CLIP-L as long_clip_g", "longclip-L.safetensors", CLIP_L, ("long_g",), ValueError,
+     "long_clip_g 'longclip-L.safetensors' is a 768-wide text encoder; SDXL's clip_g is CLIP-G/bigG (1280 wide)"),
+    ("long bigG without projection", "longclip-g.safetensors", "clip-1280-248-noprojection", ("long_g",), ValueError,
+     "long_clip_g 'longclip-g.safetensors' has no text projection"),
     # sensible results
     ("file in a subfolder", "longclip/L.safetensors", CLIP_L, ("path", "clip_l_name"), None, "longclip/L.safetensors"),
     ("Long-CLIP-L as SDXL clip_l", "longclip-L.safetensors", CLIP_L, ("clip", "clip_l", "SDXL"), None, "248 rows"),
     ("bigG as SD3 clip_g", "clip_g.safetensors", "clip-1280-77", ("clip", "clip_g", "SD3"), None, "77 rows"),
+    ("long bigG as long_clip_g", "longclip-g.safetensors", "clip-1280-248", ("long_g",), None, "248 rows"),
     ("T5-XXL for Flux", "t5xxl.safetensors", "t5-4096", ("t5", "Flux"), None, "4096 wide"),
 ]
 
@@ -117,6 +126,8 @@ def call(kind, root: Path, name: str, *args):
     path = inputs.encoder_path(name, [str(root)], "input")
     if kind == "clip":
         return inputs.read_clip(path, args[0], args[1], f"{args[0]}_name")
+    if kind == "long_g":  # Long-CLIP SDXL's long_clip_g beside a 248-position Long-CLIP-L
+        return inputs.read_long_clip_g(path, 248, "long_clip_g")
     return inputs.read_t5(path, args[0], "t5xxl_name")
 
 
@@ -137,12 +148,15 @@ def test_node_input(tmp_path, monkeypatch, case, name, content, how, error, phra
     result = call(*how[:1], root, name, *how[1:])
     if how[0] == "path":
         assert result == str(root / name)
-    elif how[0] == "clip":
+    elif how[0] in ("clip", "long_g"):
         table = result["text_model.embeddings.position_embedding.weight"]
         assert f"{table.shape[0]} rows" == phrase
+        if how[0] == "long_g":
+            assert "text_projection.weight" in result  # SDXL's pooled vector is clip_g's projection
         if table.shape[0] == 248:  # the reference table: rows ≥ 20 from positional_embedding_res
-            reference = tiny_models.openai_text_state_dict(width=768, layers=2, intermediate=64, positions=248,
-                                                           projection=768, dtype=torch.float32)
+            width = table.shape[1]
+            reference = tiny_models.openai_text_state_dict(width=width, layers=2, intermediate=64, positions=248,
+                                                           projection=width, dtype=torch.float32)
             assert torch.equal(table[20:], reference["positional_embedding_res"][20:])
             assert torch.equal(table[:20], reference["positional_embedding"][:20])
     else:

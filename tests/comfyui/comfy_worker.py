@@ -256,6 +256,81 @@ def scenario_windows_vs_core():
     return found
 
 
+def write_long_clip_g(name="longclip-g-tiny.safetensors"):
+    """A long bigG written by our exporter (``export_model(..., ["comfy_g"])``, as ``longclip train --export comfy_g``):
+    bigG's width (1280), GELU, heads width / 64, its projection; 3 layers; KPS to 248 positions as training starts,
+    then every row past 20 moved as training would (so the file's table is neither KPS nor the checkpoint's)."""
+    path = TEXT_ENCODERS / name
+    if not path.exists():
+        from transformers import CLIPConfig, CLIPModel
+
+        from longclip_diffusion.training.export import EXPORT_PATHS, export_model
+        from longclip_diffusion.training.model import prepare_for_training
+
+        torch.manual_seed(9)
+        text = dict(vocab_size=49408, hidden_size=1280, intermediate_size=256, num_hidden_layers=3,
+                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406,
+                    eos_token_id=49407, pad_token_id=0)
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1, image_size=32,
+                      patch_size=8, hidden_act="gelu")
+        model = prepare_for_training(CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=1280)))
+        with torch.no_grad():
+            model.text_model.embeddings.position_embedding.trainable.add_(torch.randn(228, 1280) * 0.01)
+        export = export_model(model, WORK / "long-bigg-export", ["comfy_g"])["comfy_g"]
+        assert export.name == EXPORT_PATHS["comfy_g"]
+        shutil.move(str(export), path)
+    return name
+
+
+def scenario_sdxl_long_clip_g():
+    """Long-CLIP SDXL with long_clip_g (mode "supplied"): clip_g is the long bigG file at its 248 positions, and the
+    conditioning's clip_g half and pooled vector equal the same file read by the core (checkpoints.load_text_encoder,
+    as the diffusers SDXL pipeline's bigg=<file>) through prompts.encode_prompts, SDXL's penultimate hidden states."""
+    from longclip_diffusion import checkpoints, comfy_format, tokenizer
+
+    args.fp32_text_enc = True
+    name, long_g = write_long_clip_l(), write_long_clip_g()
+    base, _ = sdxl_clip()
+    (clip,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4, long_clip_g=long_g)
+    (stretched,) = run_node("LongCLIPSDXL", clip=base, long_clip_l=name, keep=20, ratio=4, long_clip_g="none")
+    clip_g = checkpoints.load_text_encoder(TEXT_ENCODERS / long_g, with_projection=True)
+    texts = {
+        "long": long_prompt("red"),
+        "long blue": long_prompt("blue"),
+        "long weighted": long_prompt("(red:1.4)").replace("object3 is round", "(object3 is round:0.6)"),
+        "short weighted": "a photo of a (cat:1.5) on a ((mat))",
+        "empty": "",
+    }
+    found, conds = {}, {}
+    for case, text in texts.items():
+        cond, pooled = encode(clip, text)
+        with torch.no_grad():
+            core = prompts.encode_prompts(clip_g, tokenizer.default_tokenizer(), [text], pad_token_id=0,
+                                          hidden_state="penultimate")
+        conds[case] = cond, core.hidden_states
+        found[case] = {"hidden": diff(cond[..., 768:], core.hidden_states), "pooled": diff(pooled, core.pooled),
+                       "shape": list(cond.shape), "pooled_shape": list(pooled.shape)}
+    stretched_cond, _ = encode(stretched, texts["long"])
+    (red, core_red), (blue, core_blue) = conds["long"], conds["long blue"]
+    g_table = clip.cond_stage_model.clip_g.transformer.text_model.embeddings.position_embedding.weight
+    args.fp32_text_enc = False
+    return {
+        "cases": found,
+        "hidden_act": clip_g.config.hidden_act,
+        "g_positions": g_table.shape[0],
+        "g_max_length": clip.tokenizer.clip_g.max_length,
+        "l_max_length": clip.tokenizer.clip_l.max_length,
+        "g_table_vs_file": diff(g_table, load_file(str(TEXT_ENCODERS / long_g))[comfy_format.TABLE]),
+        "clip_g_past_77_change": diff(red[:, 150:, 768:], blue[:, 150:, 768:]),
+        "core_past_77_change": diff(core_red[:, 150:], core_blue[:, 150:]),
+        "clip_g_before_change_equal": diff(red[:, :140, 768:], blue[:, :140, 768:]),
+        "clip_l_vs_stretch_mode": diff(red[..., :768], stretched_cond[..., :768]),
+        "clip_g_vs_stretch_mode": diff(red[..., 768:], stretched_cond[..., 768:]),
+        "input_clip_g_positions": base.cond_stage_model.clip_g.transformer.text_model.embeddings.position_embedding
+        .weight.shape[0],
+    }
+
+
 def scenario_stretch():
     from longclip_diffusion import positions
 
@@ -612,6 +687,14 @@ def scenario_bad_input():
         "CLIP as Flux t5xxl": ("LongCLIPFluxLoader", {"clip_l_name": long_l, "t5xxl_name": long_l}),
         "device typo": ("LongCLIPFluxLoader", {"clip_l_name": long_l, "t5xxl_name": t5, "device": "gpu"}),
         "CLIP-L as SD3 clip_g": ("LongCLIPSD3Loader", {"clip_l_name": long_l, "clip_g_name": long_l, "t5xxl_name": t5}),
+        "missing long_clip_g": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 20, "ratio": 4,
+                                                 "long_clip_g": "longclip-g.safetensors"}),
+        "77-position bigG as long_clip_g": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 20,
+                                                             "ratio": 4, "long_clip_g": clip_g}),
+        "Long-CLIP-L as long_clip_g": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 20, "ratio": 4,
+                                                        "long_clip_g": long_l}),
+        "windows with long_clip_g": ("LongCLIPSDXL", {"clip": base, "long_clip_l": long_l, "keep": 20, "ratio": 4,
+                                                      "clip_g_mode": "windows", "long_clip_g": clip_g}),
         "SD3 clip_g_mode typo": ("LongCLIPSD3Loader", {"clip_l_name": long_l, "clip_g_name": clip_g, "t5xxl_name": t5,
                                                        "clip_g_mode": "Windows"}),
     }

@@ -33,8 +33,8 @@ def stand_in(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(stand_in, tmp_path_factory):
     """One ComfyUI process runs every in-process scenario (start-up is the slow part)."""
-    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "windows_vs_core", "stretch", "token_count", "fidelity", "flux",
-                 "flux_fp8_t5", "sd3", "bad_input"]
+    scenarios = ["nodes", "sd15", "sdxl", "sdxl_windows", "windows_vs_core", "sdxl_long_clip_g", "stretch", "token_count",
+                 "fidelity", "flux", "flux_fp8_t5", "sd3", "bad_input"]
     if os.environ.get("LONGCLIP_COMFYUI_FULL_SIZE", "1") != "0":
         scenarios.append("roundtrip")
     found = run_worker(tmp_path_factory.mktemp("comfy-work"), stand_in, *scenarios)
@@ -101,6 +101,28 @@ def test_windows_mode_equals_the_core_encode_windows(results, case):
     found = result(results, "windows_vs_core")[case]
     assert found["shape"] == [1, 248, 2048]
     assert found["hidden"] < 1e-5 and found["pooled"] < 1e-5  # fp32; batched vs separate matmuls ≈ 1e-6
+
+
+@pytest.mark.parametrize("case", ["long", "long blue", "long weighted", "short weighted", "empty"])
+def test_sdxl_node_long_clip_g_equals_the_core_on_the_same_long_bigg(results, case):
+    """long_clip_g (a long bigG written by our exporter, comfy_g) is clip_g at 248 positions ("supplied"): the
+    conditioning's clip_g half and pooled vector equal the file read by the core (as the diffusers SDXL pipeline's
+    bigg=<file> reads it) through prompts.encode_prompts, on the same prompt, weighted or not."""
+    found = result(results, "sdxl_long_clip_g")["cases"][case]
+    assert found["shape"] == [1, 248, 2048] and found["pooled_shape"] == [1, 1280]
+    assert found["hidden"] < 1e-5 and found["pooled"] < 1e-5  # fp32 text encoders
+
+
+def test_sdxl_node_long_clip_g_reads_past_77_tokens_with_the_files_positions(results):
+    supplied = result(results, "sdxl_long_clip_g")
+    assert supplied["hidden_act"] == "gelu"  # the exporter records bigG's activation; ComfyUI's clip_g is GELU too
+    assert supplied["g_positions"] == supplied["g_max_length"] == supplied["l_max_length"] == 248
+    assert supplied["g_table_vs_file"] == 0.0  # used as it is: not stretched, not windowed
+    assert supplied["clip_g_past_77_change"] > 1e-3 and supplied["core_past_77_change"] > 1e-3
+    assert supplied["clip_g_before_change_equal"] == 0.0  # causal: only positions from the changed word on move
+    assert supplied["clip_l_vs_stretch_mode"] == 0.0  # long_clip_g changes clip_g only
+    assert supplied["clip_g_vs_stretch_mode"] > 1e-2  # and replaces the checkpoint's clip_g
+    assert supplied["input_clip_g_positions"] == 77  # the input CLIP is not modified
 
 
 def test_stretch_node_applies_kps_to_every_encoder(results):
@@ -184,6 +206,11 @@ BAD_INPUT = [
     ("windows on a long clip_g", "ValueError", "clip_g already has 248 positions"),
     ("keep and ratio miss 248", "ValueError", "keep=10, ratio=4 give clip_g 278 positions"),
     ("SD 1.x CLIP in the SDXL node", "ValueError", "needs an SDXL CLIP"),
+    ("missing long_clip_g", "FileNotFoundError", "long_clip_g 'longclip-g.safetensors' is not in"),
+    ("77-position bigG as long_clip_g", "ValueError",
+     "long_clip_g 'clip_g-tiny.safetensors' has 77 positions; it must have 248"),
+    ("Long-CLIP-L as long_clip_g", "ValueError", "long_clip_g 'longclip-L-tiny.safetensors' is a 768-wide text encoder"),
+    ("windows with long_clip_g", "ValueError", "clip_g_mode 'windows' reads the checkpoint's clip_g"),
     ("bigG as Flux clip_l", "ValueError", "1280-wide text encoder; Flux's clip_l is CLIP-L"),
     ("T5-XL in the Flux loader", "ValueError", "2048-wide text encoder; Flux's t5xxl is T5-XXL (4096 wide)"),
     ("CLIP as Flux t5xxl", "CheckpointError", "longclip-L-tiny.safetensors: not a T5 encoder"),
@@ -262,6 +289,9 @@ def test_headless_server_runs_an_api_workflow(stand_in, tmp_path):
             assert node_id in info, f"{node_id} not registered; log:\n{server.log.read_text()[-3000:]}"
         assert "longclip-L-tiny.safetensors" in info["LongCLIPLoader"]["input"]["required"]["clip_name"][1]["options"] \
             or "longclip-L-tiny.safetensors" in info["LongCLIPLoader"]["input"]["required"]["clip_name"][0]
+        long_clip_g = info["LongCLIPSDXL"]["input"]["optional"]["long_clip_g"]  # optional: older graphs still load
+        assert long_clip_g[-1]["default"] == "none"
+        assert "longclip-L-tiny.safetensors" in (long_clip_g[1].get("options") or long_clip_g[0])
         for workflow in WORKFLOWS.glob("*_api.json"):  # shipped examples use only registered nodes and inputs
             for node in json.loads(workflow.read_text()).values():
                 spec = info[node["class_type"]]["input"]

@@ -71,22 +71,30 @@ def read_clip(path: str, slot: str, family: str, input_name: str) -> dict[str, t
     return state_dict
 
 
+def read_clip_g(path: str, family: str, input_name: str) -> dict[str, torch.Tensor]:
+    """A bigG for the clip_g slot: 1280 wide, with its text projection (SDXL's and SD3's pooled vectors are clip_g's
+    projected end-of-text feature; ComfyUI would load a file without one and leave the projection uninitialised)."""
+    state_dict = read_clip(path, "clip_g", family, input_name)
+    if comfy_format.PROJECTION not in state_dict:
+        name = os.path.basename(path.rstrip("/"))
+        raise ValueError(
+            f"{input_name} {name!r} has no text projection; {family}'s pooled vector is clip_g's projected end-of-text "
+            "feature: choose a bigG file saved with its projection (`longclip train --export comfy_g` writes one)."
+        )
+    return state_dict
+
+
 def read_long_clip_g(path: str, positions: int, input_name: str) -> dict[str, torch.Tensor]:
-    """A long bigG for SDXL's clip_g slot, used as it is: 1280 wide, ``positions`` rows (Long-CLIP-L's), and its text
-    projection (SDXL's pooled vector is clip_g's projected end-of-text feature)."""
-    state_dict = read_clip(path, "clip_g", "SDXL", input_name)
-    name = os.path.basename(path.rstrip("/"))
+    """A long bigG for SDXL's clip_g slot, used as it is: a clip_g (:func:`read_clip_g`) with ``positions`` rows
+    (Long-CLIP-L's)."""
+    state_dict = read_clip_g(path, "SDXL", input_name)
     found = state_dict[comfy_format.TABLE].shape[0]
     if found != positions:
+        name = os.path.basename(path.rstrip("/"))
         raise ValueError(
             f"{input_name} {name!r} has {found} positions; it must have {positions}, as long_clip_l: choose a long bigG "
             f"(e.g. longclip-g.safetensors from `longclip train --export comfy_g`), or leave {input_name} at none to "
             "stretch or window the checkpoint's clip_g."
-        )
-    if comfy_format.PROJECTION not in state_dict:
-        raise ValueError(
-            f"{input_name} {name!r} has no text projection; SDXL's pooled vector is clip_g's projected end-of-text "
-            "feature: choose a bigG file saved with its projection (`longclip train --export comfy_g` writes one)."
         )
     return state_dict
 

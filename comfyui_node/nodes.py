@@ -332,7 +332,7 @@ class LongCLIPSD3Loader(io.ComfyNode):
         paths = [encoder_path(name, input_name) for name, input_name in
                  ((clip_l_name, "clip_l_name"), (clip_g_name, "clip_g_name"), (t5xxl_name, "t5xxl_name"))]
         long_l = inputs.read_clip(paths[0], "clip_l", "SD3", "clip_l_name")
-        clip_g = inputs.read_clip(paths[1], "clip_g", "SD3", "clip_g_name")
+        clip_g = inputs.read_clip_g(paths[1], "SD3", "clip_g_name")
         state_dict = {**comfy_format.with_prefix(long_l, CLIP_L), **comfy_format.with_prefix(clip_g, CLIP_G)}
         kps = positions.StretchConfig()  # the reference recipe: keep 20, ratio 4 (77 → 248)
         state_dict = clip_g_at_length(state_dict, clip_g_mode, kps.keep, kps.ratio, clip_l_name)

@@ -109,10 +109,12 @@ CASES = [
      "long_clip_g 'longclip-L.safetensors' is a 768-wide text encoder; SDXL's clip_g is CLIP-G/bigG (1280 wide)"),
     ("long bigG without projection", "longclip-g.safetensors", "clip-1280-248-noprojection", ("long_g",), ValueError,
      "long_clip_g 'longclip-g.safetensors' has no text projection"),
+    ("SD3 clip_g without projection", "clip_g.safetensors", "clip-1280-248-noprojection", ("g", "SD3"), ValueError,
+     "clip_g_name 'clip_g.safetensors' has no text projection; SD3's pooled vector"),
     # sensible results
     ("file in a subfolder", "longclip/L.safetensors", CLIP_L, ("path", "clip_l_name"), None, "longclip/L.safetensors"),
     ("Long-CLIP-L as SDXL clip_l", "longclip-L.safetensors", CLIP_L, ("clip", "clip_l", "SDXL"), None, "248 rows"),
-    ("bigG as SD3 clip_g", "clip_g.safetensors", "clip-1280-77", ("clip", "clip_g", "SD3"), None, "77 rows"),
+    ("bigG as SD3 clip_g", "clip_g.safetensors", "clip-1280-77", ("g", "SD3"), None, "77 rows"),
     ("long bigG as long_clip_g", "longclip-g.safetensors", "clip-1280-248", ("long_g",), None, "248 rows"),
     ("T5-XXL for Flux", "t5xxl.safetensors", "t5-4096", ("t5", "Flux"), None, "4096 wide"),
 ]
@@ -126,6 +128,8 @@ def call(kind, root: Path, name: str, *args):
     path = inputs.encoder_path(name, [str(root)], "input")
     if kind == "clip":
         return inputs.read_clip(path, args[0], args[1], f"{args[0]}_name")
+    if kind == "g":
+        return inputs.read_clip_g(path, args[0], "clip_g_name")
     if kind == "long_g":  # Long-CLIP SDXL's long_clip_g beside a 248-position Long-CLIP-L
         return inputs.read_long_clip_g(path, 248, "long_clip_g")
     return inputs.read_t5(path, args[0], "t5xxl_name")
@@ -148,10 +152,10 @@ def test_node_input(tmp_path, monkeypatch, case, name, content, how, error, phra
     result = call(*how[:1], root, name, *how[1:])
     if how[0] == "path":
         assert result == str(root / name)
-    elif how[0] in ("clip", "long_g"):
+    elif how[0] in ("clip", "g", "long_g"):
         table = result["text_model.embeddings.position_embedding.weight"]
         assert f"{table.shape[0]} rows" == phrase
-        if how[0] == "long_g":
+        if how[0] in ("g", "long_g"):
             assert "text_projection.weight" in result  # SDXL's pooled vector is clip_g's projection
         if table.shape[0] == 248:  # the reference table: rows ≥ 20 from positional_embedding_res
             width = table.shape[1]

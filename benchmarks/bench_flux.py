@@ -36,7 +36,7 @@ from transformers import CLIPTextModel, T5EncoderModel
 from longclip_diffusion.pipelines import LongCLIPFluxPipeline
 from longclip_diffusion.pipelines.flux import clip_pooled_output
 from longclip_diffusion.positions import position_embedding
-from longclip_diffusion.testing import full_size_clip_l_config, random_init, with_position_table
+from longclip_diffusion.testing import benchmark_prompt, full_size_clip_l_config, random_init, with_position_table
 from longclip_diffusion.testing_mmdit import (
     full_size_flux_transformer,
     full_size_flux_vae,
@@ -45,22 +45,7 @@ from longclip_diffusion.testing_mmdit import (
 )
 from longclip_diffusion.tokenizer import END_OF_TEXT, START_OF_TEXT, load_tokenizer, token_ids
 
-PROMPT = (
-    "A quiet harbour town at dawn seen from a hillside: fishing boats with peeling blue and red paint rest on still "
-    "water, gulls circle above the breakwater, a lighthouse with a white and green striped tower stands at the end "
-    "of the pier, terraced houses in ochre, pink and pale yellow climb the slope with laundry lines strung between "
-    "balconies, a baker in a flour-dusted apron carries a tray of bread across a cobbled square, an old dog sleeps "
-    "beside a fountain with a bronze fish, mist lifts from the bay and the first sunlight catches the church bell "
-    "tower, distant mountains fade into blue haze, long shadows, soft pastel colours, detailed, 35 mm film photograph "
-    "with gentle grain, shallow depth of field, a ferry leaving the harbour trailing white foam, stacked lobster pots "
-    "and coiled ropes on the quay, a cat watching from a window box full of geraniums, chalkboard menus outside a "
-    "small cafe, bicycles leaning against a stone wall, wet cobbles reflecting warm light, a fisherman mending a "
-    "green net on an upturned crate, a red postbox at the corner of a narrow lane, ivy climbing a crumbling harbour "
-    "wall, tide pools glinting between dark rocks, a child in a yellow raincoat feeding the gulls, smoke curling from "
-    "chimneys, a weathervane shaped like a ship"
-)
-while len(token_ids([PROMPT])[0]) > 246:  # exactly what Long-CLIP reads: no truncation on our side
-    PROMPT = PROMPT.rsplit(" ", 1)[0].rstrip(",")
+PROMPT = benchmark_prompt()  # exactly what Long-CLIP reads: no truncation on our side
 T5_LAYERS_FULL = 24
 
 

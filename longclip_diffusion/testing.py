@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from . import checkpoints
 from .positions import reset_position_ids, stretch_positions, stretch_text_encoder
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, token_ids
 
 
 def clip_text_config(
@@ -274,3 +274,27 @@ def with_position_table(model: nn.Module, num_positions: int) -> nn.Module:
         state[key] = stretch_positions(state[key])
     clone.load_state_dict(state, assign=True)
     return reset_position_ids(clone).eval()
+
+
+BENCHMARK_PROMPT = (
+    "A quiet harbour town at dawn seen from a hillside: fishing boats with peeling blue and red paint rest on still "
+    "water, gulls circle above the breakwater, a lighthouse with a white and green striped tower stands at the end "
+    "of the pier, terraced houses in ochre, pink and pale yellow climb the slope with laundry lines strung between "
+    "balconies, a baker in a flour-dusted apron carries a tray of bread across a cobbled square, an old dog sleeps "
+    "beside a fountain with a bronze fish, mist lifts from the bay and the first sunlight catches the church bell "
+    "tower, distant mountains fade into blue haze, long shadows, soft pastel colours, detailed, 35 mm film photograph "
+    "with gentle grain, shallow depth of field, a ferry leaving the harbour trailing white foam, stacked lobster pots "
+    "and coiled ropes on the quay, a cat watching from a window box full of geraniums, chalkboard menus outside a "
+    "small cafe, bicycles leaning against a stone wall, wet cobbles reflecting warm light, a fisherman mending a "
+    "green net on an upturned crate, a red postbox at the corner of a narrow lane, ivy climbing a crumbling harbour "
+    "wall, tide pools glinting between dark rocks, a child in a yellow raincoat feeding the gulls, smoke curling from "
+    "chimneys, a weathervane shaped like a ship"
+)
+
+
+def benchmark_prompt(max_tokens: int = 246) -> str:
+    """The benchmarks' long prompt, cut at a word to at most ``max_tokens`` tokens (246: all that Long-CLIP reads)."""
+    prompt = BENCHMARK_PROMPT
+    while len(token_ids([prompt])[0]) > max_tokens:
+        prompt = prompt.rsplit(" ", 1)[0].rstrip(",")
+    return prompt

@@ -31,7 +31,7 @@ from longclip_diffusion.testing import (
     full_size_bigg_config,
     full_size_clip_l_config,
     full_size_sdxl_unet,
-    full_size_sdxl_vae,
+    full_size_vae,
     random_init,
     sdxl_tokenizer_2,
     with_position_table,
@@ -134,7 +134,7 @@ def stage_end_to_end(repeats: int, latent: int, steps: int, step_latents: list[i
     torch.manual_seed(0)
     with torch.device("meta"):
         unet = full_size_sdxl_unet()
-        vae = full_size_sdxl_vae()
+        vae = full_size_vae()
     unet, vae = random_init(unet), random_init(vae)
     print(f"\n(SDXL UNet {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters built in "
           f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)

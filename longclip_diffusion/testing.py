@@ -226,18 +226,18 @@ def full_size_sdxl_unet() -> UNet2DConditionModel:
     )
 
 
-def full_size_sdxl_vae() -> AutoencoderKL:
-    """SDXL's VAE shape (84 M parameters), random weights."""
+def full_size_vae(**config) -> AutoencoderKL:
+    """The SD/SDXL/SD3/Flux VAE shape (84 M parameters), random weights; ``config`` sets what differs (SDXL's is the
+    default: 4 latent channels)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        latent_channels=4,
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2,
         sample_size=1024,
-        scaling_factor=0.13025,
+        **{"latent_channels": 4, "scaling_factor": 0.13025, **config},
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
-from .testing import clip_text_config, random_text_encoder
+from .testing import clip_text_config, full_size_vae, random_text_encoder
 from .tokenizer import load_tokenizer
 
 # Words the tiny T5 vocabulary knows as whole pieces (anything else is spelt letter by letter, or <unk>).
@@ -186,18 +186,7 @@ def full_size_flux_transformer(num_layers: int = 19, num_single_layers: int = 38
 
 
 def full_size_flux_vae() -> AutoencoderKL:
-    """FLUX.1's VAE shape (16 latent channels, 84 M parameters), random weights."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        sample_size=1024,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
+    """FLUX.1's VAE shape (16 latent channels, no quant convs, 84 M parameters), random weights."""
+    return full_size_vae(
+        latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611
     )

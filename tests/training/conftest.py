@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from longclip_diffusion.training import synthetic
 from longclip_diffusion.training.config import TrainConfig
@@ -48,3 +52,23 @@ def dataset(scenes):
 def batch(dataset):
     torch.manual_seed(0)
     return CaptionCollator(248)([dataset[i] for i in range(8)])
+
+
+@pytest.fixture
+def run_two_processes():
+    """Run ``worker(rank, port, *args)`` in two spawned processes (a free localhost port for gloo); fail, killing
+    them, when they have not finished within ``seconds`` (a deadlock fails the test instead of hanging it)."""
+
+    def run(worker, *args, seconds: float = 240) -> None:
+        with socket.socket() as handle:
+            handle.bind(("127.0.0.1", 0))
+            port = handle.getsockname()[1]
+        workers = mp.spawn(worker, args=(port, *args), nprocs=2, join=False)
+        deadline = time.monotonic() + seconds
+        while not workers.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in workers.processes:
+                    process.kill()
+                pytest.fail(f"the two gloo workers did not finish within {seconds} s")
+
+    return run

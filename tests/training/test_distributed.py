@@ -4,13 +4,10 @@ whole global batch."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from longclip_diffusion.training import synthetic
 from longclip_diffusion.training.config import TrainConfig
@@ -38,7 +35,8 @@ def _loss_and_grads(trainer: Trainer, batch: dict) -> tuple[torch.Tensor, dict[s
     return loss.total.detach(), grads
 
 
-def _worker(rank: int, world_size: int, port: int, batch: dict, dataset, output_dir: str, result_path: str) -> None:
+def _worker(rank: int, port: int, batch: dict, dataset, output_dir: str, result_path: str) -> None:
+    world_size = 2
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -56,25 +54,11 @@ def _worker(rank: int, world_size: int, port: int, batch: dict, dataset, output_
     shutdown_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path, dataset, batch):
+def test_two_processes_match_one(tmp_path, dataset, batch, run_two_processes):
     batch = {key: value[:8] for key, value in batch.items() if torch.is_tensor(value)}
     result_path = str(tmp_path / "ddp.pt")
-    workers = mp.spawn(
-        _worker, args=(2, _free_port(), batch, dataset, str(tmp_path / "ddp"), result_path), nprocs=2, join=False
-    )
-    deadline = time.monotonic() + 180
-    while not workers.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in workers.processes:
-                process.kill()
-            pytest.fail("the two gloo workers did not finish within 180 s")
+    run_two_processes(_worker, batch, dataset, str(tmp_path / "ddp"), result_path, seconds=180)
     distributed = torch.load(result_path, weights_only=True)
     for pcm in MODES:
         trainer = Trainer(_config(pcm, 8, str(tmp_path / "single")), _model(), dataset)

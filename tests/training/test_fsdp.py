@@ -4,13 +4,10 @@ step as one unsharded process holding the whole batch; checkpoints gather the sh
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from longclip_diffusion.training import synthetic
 from longclip_diffusion.training.config import TrainConfig
@@ -81,23 +78,11 @@ def _worker(rank: int, port: int, batch: dict, dataset, output_dir: str, result_
     shutdown_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_one_sharded_step_equals_one_unsharded_step(tmp_path, dataset, batch):
+def test_one_sharded_step_equals_one_unsharded_step(tmp_path, dataset, batch, run_two_processes):
     batch = {key: value[:8] for key, value in batch.items() if torch.is_tensor(value)}
     result_path = str(tmp_path / "fsdp.pt")
-    workers = mp.spawn(_worker, args=(_free_port(), batch, dataset, str(tmp_path / "fsdp"), result_path), nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not workers.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in workers.processes:
-                process.kill()
-            pytest.fail("the two gloo workers did not finish within 240 s")
+    run_two_processes(_worker, batch, dataset, str(tmp_path / "fsdp"), result_path)
     sharded = torch.load(result_path, weights_only=True)
     single = Trainer(_config(8, str(tmp_path / "single")), _model(), dataset)
     loss = single.train_step(batch).total

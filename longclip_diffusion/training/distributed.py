@@ -30,7 +30,9 @@ class DistributedContext:
 def init_distributed() -> DistributedContext:
     """Join the process group described by the launcher's environment variables, if any.
 
-    NCCL is used when CUDA is available, gloo otherwise. A single process without those variables runs alone.
+    With CUDA, GPU tensors go through NCCL and CPU tensors (counts, objects, barriers) through gloo, so host-side
+    collectives never wait for the GPU; without CUDA everything goes through gloo. A single process without those
+    variables runs alone.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -38,9 +40,10 @@ def init_distributed() -> DistributedContext:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from transformers import CLIPModel
 
 from .. import tokenizer
-from .data import CaptionCollator, batches
-from .model import context_length, trim_padding
+from .data import CaptionCollator, batches, trim_padding
+from .model import context_length
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -57,8 +57,8 @@ def encode_images_and_texts(
             raise ValueError(f"{batch['problems'][0]}; fix or remove it from the evaluation data")
         long_cut += batch["long_cut"]
         images.append(_features(model.get_image_features(pixel_values=batch["pixel_values"].to(device))))
-        longs.append(_features(model.get_text_features(input_ids=trim_padding(batch["long_ids"]).to(device))))
-        shorts.append(_features(model.get_text_features(input_ids=trim_padding(batch["short_ids"]).to(device))))
+        longs.append(_features(model.get_text_features(input_ids=batch["long_ids"].to(device))))
+        shorts.append(_features(model.get_text_features(input_ids=batch["short_ids"].to(device))))
     if long_cut:
         logger.info("%d of %d long captions were longer than the model's %d tokens and were cut", long_cut, len(dataset), length)
     return torch.cat(images), torch.cat(longs), torch.cat(shorts)
@@ -96,8 +96,8 @@ def zero_shot_classification(
     length = context_length(model)
     class_features = []
     for name in classes:
-        ids = tokenizer.tokenize([template.format(name) for template in templates], context_length=length).to(device)
-        mean = _features(model.get_text_features(input_ids=trim_padding(ids))).mean(dim=0)
+        ids = trim_padding(tokenizer.tokenize([template.format(name) for template in templates], context_length=length))
+        mean = _features(model.get_text_features(input_ids=ids.to(device))).mean(dim=0)
         class_features.append(F.normalize(mean, dim=-1))
     class_matrix = torch.stack(class_features)
     image, _, _ = encode_images_and_texts(model, dataset, batch_size)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
-from .. import positions, tokenizer
+from .. import positions
 
 
 class SplitPositionEmbedding(nn.Module):
@@ -117,19 +117,6 @@ def text_encoder_from_clip(model: CLIPModel, with_projection: bool = False) -> C
     return encoder.to(plain.dtype).eval()
 
 
-def trim_padding(ids: torch.Tensor) -> torch.Tensor:
-    """Cut the columns after the last end-of-text token of the batch.
-
-    CLIP's text attention is causal and the pooled feature is read at end-of-text, so the padding after it never
-    changes the features: trimming gives the same result, faster (a short caption costs ~15 positions, not 248).
-    """
-    is_end = ids == tokenizer.END_OF_TEXT
-    if not bool(is_end.any(dim=1).all()):
-        return ids
-    length = int(is_end.float().argmax(dim=1).max()) + 1
-    return ids[:, :length]
-
-
 class LongCLIPFeatures(nn.Module):
     """Wraps ``CLIPModel`` so that one ``forward`` yields all features of a step (what DDP needs to sync gradients)."""
 
@@ -147,8 +134,8 @@ class LongCLIPFeatures(nn.Module):
         return image, long_text, short_text, self.model.logit_scale
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalised projected text features. Trim the padding of ``ids`` on the host first (:func:`trim_padding`;
-        the trainer does): trimming here, on a GPU, would make the host wait for the device."""
+        """L2-normalised projected text features. Trim the padding of ``ids`` on the host first
+        (:func:`~.data.trim_padding`; the collator does): trimming here, on a GPU, would make the host wait for it."""
         return F.normalize(_as_tensor(self.model.get_text_features(input_ids=ids)), dim=-1)
 
 

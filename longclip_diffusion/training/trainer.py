@@ -42,7 +42,7 @@ from .feature_cache import (
 from .fsdp import ShardedModel
 from .logging_utils import MetricLogger
 from .losses import LossOutput, longclip_loss
-from .model import LongCLIPFeatures, context_length, prepare_for_training, trim_padding
+from .model import LongCLIPFeatures, context_length, prepare_for_training
 
 CHECKPOINT_NAME = "checkpoint-latest.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint-previous.pt"
@@ -210,7 +210,8 @@ class Trainer:
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
-            fused=self.device.type == "cuda" or None,  # one kernel for every parameter's update on GPU
+            # one kernel for every parameter's update, reading the step count on the device (no host sync)
+            fused=self.device.type in ("cpu", "cuda") or None,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, self.total_steps)
@@ -248,13 +249,11 @@ class Trainer:
     def compute_loss(self, batch: dict) -> LossOutput:
         """Forward pass and loss for this rank's part of a batch (no backward).
 
-        Caption padding is trimmed here, on the host (:func:`~.model.trim_padding`): on the GPU it would wait for it.
+        The collator has trimmed the captions' padding on the host (:func:`~.data.trim_padding`); nothing here reads a
+        value back from the device.
         """
         images = "image_features" if self.config.text_only else "pixel_values"
-        batch = {
-            key: (trim_padding(batch[key]) if key.endswith("_ids") else batch[key]).to(self.device, non_blocking=True)
-            for key in (images, "long_ids", "short_ids")
-        }
+        batch = {key: batch[key].to(self.device, non_blocking=True) for key in (images, "long_ids", "short_ids")}
         short_ids = batch["short_ids"] if self.config.short_loss else None
         with self._autocast():
             image, text_long, text_short, logit_scale = self.features(batch[images], batch["long_ids"], short_ids)
@@ -442,8 +441,8 @@ class Trainer:
         for problem in problems[: max(0, LOGGED_PROBLEMS - self.data_counts["images_replaced"])]:
             logger.warning("replaced an unreadable sample: %s", problem)
         local = [len(problems), batch.get("long_cut", 0), batch.get("short_cut", 0)]
-        device = self.device if self.context.enabled else "cpu"  # alone, the counts never visit the GPU (no sync)
-        replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local, device=device)).tolist()
+        # host counts, summed over the CPU backend (gloo): reading them back never waits for the GPU
+        replaced, long_cut, short_cut = all_reduce_sum(torch.tensor(local)).tolist()
         if long_cut and not self.data_counts["long_captions_cut"]:
             self._say(
                 f"long captions over {self.context_length} tokens are cut to {self.context_length} "

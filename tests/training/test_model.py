@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from longclip_diffusion import positions
+from longclip_diffusion.training.data import CaptionCollator, trim_padding
 from longclip_diffusion.training.model import (
     LongCLIPFeatures,
     SplitPositionEmbedding,
@@ -12,7 +13,6 @@ from longclip_diffusion.training.model import (
     interpolate_positions,
     merged_model,
     prepare_for_training,
-    trim_padding,
 )
 
 
@@ -71,11 +71,14 @@ def test_merged_model_gives_the_same_features(make_model, batch):
     torch.testing.assert_close(ours, torch.nn.functional.normalize(theirs, dim=-1), atol=1e-5, rtol=1e-5)
 
 
-def test_trim_padding_keeps_features(make_model, batch):
+def test_trim_padding_keeps_features(make_model, dataset):
     model = prepare_for_training(make_model(), stretch="kps").eval()
-    trimmed = trim_padding(batch["short_ids"])
-    assert trimmed.shape[1] < 40
+    items = [dataset[i] for i in range(8)]
+    full, _ = CaptionCollator(248).tokenize([short for _, _, short in items])
+    trimmed = trim_padding(full)
+    assert full.shape[1] == 248 and trimmed.shape[1] < 40
     with torch.no_grad():
-        full = model.get_text_features(input_ids=batch["short_ids"]).pooler_output
+        everything = model.get_text_features(input_ids=full).pooler_output
         short = model.get_text_features(input_ids=trimmed).pooler_output
-    torch.testing.assert_close(full, short, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(everything, short, atol=1e-5, rtol=1e-5)
+    assert torch.equal(CaptionCollator(248)(items)["short_ids"], trimmed)  # the collator trims on the host

@@ -1,4 +1,4 @@
-"""Trainer options: bf16 autocast, gradient checkpointing, learning-rate schedule."""
+"""Trainer options: bf16 autocast, gradient checkpointing, learning-rate schedule; a step reads nothing back."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from longclip_diffusion.training.trainer import Trainer, warmup_cosine
 
@@ -41,3 +42,35 @@ def test_warmup_then_cosine():
     assert factor(9) == pytest.approx(0.5) and factor(14) == pytest.approx(0.0, abs=1e-12)
     assert all(factor(s) >= factor(s + 1) for s in range(4, 14))
     assert factor(4) == pytest.approx(0.5 * (1 + math.cos(0)))
+
+
+class ValueReads(TorchDispatchMode):
+    """Records the ops that copy a tensor's values to the host (``.item()``, ``bool()``, ``.tolist()`` all end in
+    ``_local_scalar_dense``) or whose output shape depends on them: on a GPU each makes the host wait for the device."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "repeat_interleave"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READS:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("text_only", [False, True], ids=["full", "text-only"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_step_reads_no_value_back(tmp_path, dataset, make_model, make_config, text_only, precision):
+    """The step queues its work and returns: losses stay tensors, the optimizer keeps its step count on the device,
+    captions were trimmed by the collator. (``torch.linalg.svd`` in PCM checks its result inside the kernel, a sync on
+    CUDA that no dispatcher sees; ``benchmarks/gpu_train.py`` counts the syncs on a GPU.)"""
+    trainer = Trainer(make_config(tmp_path, text_only=text_only, precision=precision), make_model(), dataset)
+    batch = trainer.loader.collate_fn([trainer.loader.dataset[i] for i in range(8)])
+    trainer.train_step(batch)  # the first step creates the optimizer state
+    reads = ValueReads()
+    with reads:
+        loss = trainer.train_step(batch)
+    assert reads.seen == []
+    assert torch.isfinite(loss.total) and trainer.step == 2

@@ -64,8 +64,8 @@ class ValueReads(TorchDispatchMode):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_step_reads_no_value_back(tmp_path, dataset, make_model, make_config, text_only, precision):
     """The step queues its work and returns: losses stay tensors, the optimizer keeps its step count on the device,
-    captions were trimmed by the collator. (``torch.linalg.svd`` in PCM checks its result inside the kernel, a sync on
-    CUDA that no dispatcher sees; ``benchmarks/gpu_train.py`` counts the syncs on a GPU.)"""
+    captions were trimmed by the collator. (What happens inside a kernel, such as ``torch.linalg.svd`` checking its
+    solver's status for PCM, no dispatcher sees; ``benchmarks/gpu_train.py`` counts the syncs of a step on a GPU.)"""
     trainer = Trainer(make_config(tmp_path, text_only=text_only, precision=precision), make_model(), dataset)
     batch = trainer.loader.collate_fn([trainer.loader.dataset[i] for i in range(8)])
     trainer.train_step(batch)  # the first step creates the optimizer state

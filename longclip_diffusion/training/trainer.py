@@ -210,8 +210,7 @@ class Trainer:
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
-            # one kernel for every parameter's update, reading the step count on the device (no host sync)
-            fused=self.device.type in ("cpu", "cuda") or None,
+            fused=True,  # one kernel for every parameter's update, the step count read on the device (no host sync)
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, self.total_steps)

@@ -19,7 +19,7 @@ from longclip_diffusion.training.feature_cache import TextTowerFeatures
 from longclip_diffusion.training.model import LongCLIPFeatures, prepare_for_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import gpu_train  # noqa: E402
+import gpu_train
 
 
 @pytest.mark.parametrize("text_only", [False, True], ids=["full", "text-only"])

@@ -48,7 +48,7 @@ class ValueReads(TorchDispatchMode):
     """Records the ops that copy a tensor's values to the host (``.item()``, ``bool()``, ``.tolist()`` all end in
     ``_local_scalar_dense``) or whose output shape depends on them: on a GPU each makes the host wait for the device."""
 
-    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "repeat_interleave"}
+    READS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "repeat_interleave"})
 
     def __init__(self) -> None:
         super().__init__()

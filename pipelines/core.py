@@ -18,12 +18,14 @@ states and pooled vectors are assembled, and registers itself with :func:`regist
 * **Prompt and call checks** (:func:`prompt_list`, :func:`check_prompt_embeds`, :func:`check_finite`,
   :func:`checked_call`): bad arguments get one clear ``ValueError``/``TypeError`` before any denoising; NaN/Inf
   embeddings never reach the denoiser unnoticed.
-* **Padding on disk** (:func:`align_padding`): a pipeline's tokenizer pads the way its encoder is read, so the folder
-  ``save_pretrained`` writes gives the same embeddings in stock diffusers.
+* **Tokenizers** (:func:`tokenizer_for`): a pipeline's tokenizer pads the way its encoder is read and reads as many
+  tokens, so the folder ``save_pretrained`` writes gives the same embeddings in stock diffusers. A tokenizer given in
+  is never changed: another pipeline may share it (``from_pipe``, ``**pipeline.components``); a copy is set instead.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import numbers
@@ -94,11 +96,24 @@ def dtype_argument(kwargs: dict[str, Any]) -> torch.dtype | None:
 # Tokenizers
 
 
-def align_padding(tokenizer: CLIPTokenizer | None, pad_token_id: int) -> None:
-    """Make ``tokenizer`` pad with ``pad_token_id`` (0 is ``"!"`` in CLIP's vocabulary, 49407 ``<|endoftext|>``), so
-    stock diffusers reading the saved tokenizer pads as our pipeline does."""
-    if tokenizer is not None and tokenizer.pad_token_id != pad_token_id:
+def tokenizer_for(
+    tokenizer: CLIPTokenizer | None, pad_token_id: int | None = None, model_max_length: int | None = None
+) -> CLIPTokenizer | None:
+    """``tokenizer`` padding with ``pad_token_id`` (0 is ``"!"`` in CLIP's vocabulary, 49407 ``<|endoftext|>``) and
+    reading ``model_max_length`` tokens (``None``: as it is). When either differs this is a copy: the given object may
+    be shared with another pipeline, whose prompts must read as before."""
+    if tokenizer is None:
+        return None
+    pad_differs = pad_token_id is not None and tokenizer.pad_token_id != pad_token_id
+    length_differs = model_max_length is not None and tokenizer.model_max_length != model_max_length
+    if not (pad_differs or length_differs):
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    if pad_differs:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
+    if length_differs:
+        tokenizer.model_max_length = model_max_length
+    return tokenizer
 
 
 def text_tokenizer(pipeline: DiffusionPipeline) -> CLIPTokenizer:

@@ -21,10 +21,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from diffusers.loaders import FluxLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
-from transformers import CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from ..checkpoints import check_text_encoder_width
 from ..positions import CLIP_POSITIONS
@@ -48,6 +61,7 @@ from .core import (
     repeat_per_image,
     scaled_lora,
     stretch_encoder,
+    tokenizer_for,
 )
 
 
@@ -143,7 +157,9 @@ def apply_long_clip_flux(pipeline: DiffusionPipeline, long_clip: Any, keep: int 
     else:
         where = f"`text_encoder` of {type(pipeline).__name__} ({long_clip if isinstance(long_clip, str) else 'model'})"
         put_encoder(pipeline, "text_encoder", load_encoder(long_clip, where=where, expected_width=_pooled_width(pipeline)))
-    pipeline.tokenizer.model_max_length = pipeline.tokenizer_max_length = num_positions(pipeline.text_encoder)
+    length = num_positions(pipeline.text_encoder)
+    pipeline.register_modules(tokenizer=tokenizer_for(pipeline.tokenizer, model_max_length=length))
+    pipeline.tokenizer_max_length = length
     install_encode_prompt(pipeline, encode_prompt, LongCLIPFluxPipeline)
     return pipeline
 
@@ -168,17 +184,18 @@ class LongCLIPFluxPipeline(FluxPipeline):
     ```
     """
 
+    # Signature adapted from diffusers.FluxPipeline.__init__ (from_pipe matches components by these types)
     def __init__(
         self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        text_encoder_2,
-        tokenizer_2,
-        transformer,
-        image_encoder=None,
-        feature_extractor=None,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        text_encoder_2: T5EncoderModel,
+        tokenizer_2: T5TokenizerFast,
+        transformer: FluxTransformer2DModel,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        feature_extractor: CLIPImageProcessor = None,
     ):
         super().__init__(
             scheduler=scheduler,

@@ -16,8 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..checkpoints import check_text_encoder_width
 from ..prompts import encode_prompts, num_positions
@@ -25,7 +28,6 @@ from ..tokenizer import END_OF_TEXT, load_tokenizer
 from .core import (
     Family,
     Mode,
-    align_padding,
     check_finite,
     check_images_per_prompt,
     check_prompt_embeds,
@@ -45,6 +47,7 @@ from .core import (
     set_settings,
     stretch_encoder,
     text_tokenizer,
+    tokenizer_for,
 )
 
 PAD_TOKEN_ID = "long_clip_pad_token_id"
@@ -163,23 +166,24 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
         ```
     """
 
+    # Signature adapted from diffusers.StableDiffusionPipeline.__init__ (from_pipe matches components by these types)
     def __init__(
         self,
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        scheduler,
-        safety_checker,
-        feature_extractor,
-        image_encoder=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        safety_checker: StableDiffusionSafetyChecker,
+        feature_extractor: CLIPImageProcessor,
+        image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = True,
         long_clip_pad_token_id: int = 0,
     ):
         super().__init__(
             vae=vae,
             text_encoder=text_encoder,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer_for(tokenizer, long_clip_pad_token_id),
             unet=unet,
             scheduler=scheduler,
             safety_checker=safety_checker,
@@ -188,7 +192,6 @@ class LongCLIPStableDiffusionPipeline(StableDiffusionPipeline):
             requires_safety_checker=requires_safety_checker,
         )
         _check_width(self)
-        align_padding(tokenizer, long_clip_pad_token_id)
         self.register_to_config(long_clip_pad_token_id=long_clip_pad_token_id)
 
     encode_prompt = encode_prompt
@@ -228,8 +231,9 @@ def apply_long_clip_sd(pipeline: DiffusionPipeline, long_clip: Any, keep: int = 
 
     ``long_clip`` is a checkpoint (any format), a text-encoder model, or ``"stretch"`` to stretch the pipeline's own
     encoder (refused when it is already long). The new encoder is read and checked against the UNet's width before the
-    old one is released (see :mod:`.core`). The pipeline's tokenizer (with any textual-inversion tokens) is kept, reads
-    248 tokens and pads as the encoder expects; its ``encode_prompt`` becomes Long-CLIP's.
+    old one is released (see :mod:`.core`). The pipeline's tokenizer (with any textual-inversion tokens) is kept, as a
+    copy that reads 248 tokens and pads as the encoder expects (another pipeline sharing it reads as before); its
+    ``encode_prompt`` becomes Long-CLIP's. ``"stretch"`` changes the encoder itself, also for pipelines that share it.
     """
     if is_mode(long_clip, Mode.STRETCH):
         stretch_encoder(pipeline, "text_encoder", keep)
@@ -240,8 +244,7 @@ def apply_long_clip_sd(pipeline: DiffusionPipeline, long_clip: Any, keep: int = 
         encoder = load_encoder(long_clip, where=where, expected_width=_unet_width(pipeline), with_projection=with_projection)
         put_encoder(pipeline, "text_encoder", encoder)
         pad_token_id = 0
-    pipeline.tokenizer.model_max_length = num_positions(pipeline.text_encoder)
-    align_padding(pipeline.tokenizer, pad_token_id)
+    pipeline.register_modules(tokenizer=tokenizer_for(pipeline.tokenizer, pad_token_id, num_positions(pipeline.text_encoder)))
     set_settings(pipeline, **{PAD_TOKEN_ID: pad_token_id})
     install_encode_prompt(pipeline, encode_prompt, LongCLIPStableDiffusionPipeline)
     return pipeline

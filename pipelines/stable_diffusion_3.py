@@ -32,9 +32,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from diffusers.loaders import SD3LoraLoaderMixin
 from diffusers.utils.torch_utils import get_module_execution_device
+from transformers import (
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    SiglipImageProcessor,
+    SiglipVisionModel,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from ..checkpoints import text_encoder_width
 from ..positions import CLIP_POSITIONS
@@ -43,7 +57,6 @@ from ..tokenizer import END_OF_TEXT, load_tokenizer
 from .core import (
     Family,
     Mode,
-    align_padding,
     batch_of,
     check_finite,
     check_images_per_prompt,
@@ -63,6 +76,7 @@ from .core import (
     set_settings,
     stretch_encoder,
     text_tokenizer,
+    tokenizer_for,
 )
 
 PAD_TOKEN_ID = "long_clip_pad_token_id"
@@ -253,8 +267,8 @@ def apply_long_clip_sd3(pipeline: DiffusionPipeline, long_clip: Any = None, keep
     elif is_mode(bigg, Mode.STRETCH) and num_positions(pipeline.text_encoder_2) < length:
         stretch_encoder(pipeline, "text_encoder_2", keep)  # a saved, already stretched bigG stays as it is
     set_settings(pipeline, **{BIGG_MODE: str(bigg)})
-    pipeline.tokenizer.model_max_length = pipeline.tokenizer_max_length = length
-    align_padding(pipeline.tokenizer, get_setting(pipeline, PAD_TOKEN_ID, 0))
+    pipeline.register_modules(tokenizer=tokenizer_for(pipeline.tokenizer, get_setting(pipeline, PAD_TOKEN_ID, 0), length))
+    pipeline.tokenizer_max_length = length
     install_encode_prompt(pipeline, encode_prompt, LongCLIPStableDiffusion3Pipeline)
     return pipeline
 
@@ -302,19 +316,20 @@ class LongCLIPStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     ```
     """
 
+    # Signature adapted from diffusers.StableDiffusion3Pipeline.__init__ (from_pipe matches components by these types)
     def __init__(
         self,
-        transformer,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        text_encoder_2,
-        tokenizer_2,
-        text_encoder_3,
-        tokenizer_3,
-        image_encoder=None,
-        feature_extractor=None,
+        transformer: SD3Transformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer_2: CLIPTokenizer,
+        text_encoder_3: T5EncoderModel,
+        tokenizer_3: T5TokenizerFast,
+        image_encoder: SiglipVisionModel = None,
+        feature_extractor: SiglipImageProcessor = None,
         long_clip_pad_token_id: int = 0,
         long_clip_bigg_mode: str = "stretch",
     ):
@@ -325,7 +340,7 @@ class LongCLIPStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             scheduler=scheduler,
             vae=vae,
             text_encoder=text_encoder,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer_for(tokenizer, long_clip_pad_token_id),
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
             text_encoder_3=text_encoder_3,
@@ -334,7 +349,6 @@ class LongCLIPStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             feature_extractor=feature_extractor,
         )
         _check_pooled_width(self)
-        align_padding(tokenizer, long_clip_pad_token_id)
         self.register_to_config(long_clip_pad_token_id=long_clip_pad_token_id, long_clip_bigg_mode=long_clip_bigg_mode)
         if text_encoder is not None:
             self.tokenizer_max_length = num_positions(text_encoder)

@@ -45,10 +45,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import get_module_execution_device
 from torch import nn
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from ..checkpoints import check_text_encoder_width, load_text_encoder
 from ..positions import CLIP_POSITIONS
@@ -57,7 +65,6 @@ from ..tokenizer import CONTEXT_LENGTH, END_OF_TEXT, load_tokenizer
 from .core import (
     Family,
     Mode,
-    align_padding,
     batch_of,
     check_finite,
     check_images_per_prompt,
@@ -78,6 +85,7 @@ from .core import (
     set_settings,
     stretch_encoder,
     text_tokenizer,
+    tokenizer_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,11 +343,12 @@ def apply_long_clip_xl(
     if has_clip_l:
         pad_token_id = END_OF_TEXT if stretch_clip_l else 0 if new_clip_l is not None else get_setting(pipeline, PAD_TOKEN_ID, 0)
         if pipeline.tokenizer is not None:
-            pipeline.tokenizer.model_max_length = num_positions(pipeline.text_encoder)
-            align_padding(pipeline.tokenizer, pad_token_id)
+            length = num_positions(pipeline.text_encoder)
+            pipeline.register_modules(tokenizer=tokenizer_for(pipeline.tokenizer, pad_token_id, length))
         set_settings(pipeline, **{PAD_TOKEN_ID: pad_token_id})
     if getattr(pipeline, "tokenizer_2", None) is not None:
-        pipeline.tokenizer_2.model_max_length = num_positions(pipeline.text_encoder_2)
+        length = num_positions(pipeline.text_encoder_2)
+        pipeline.register_modules(tokenizer_2=tokenizer_for(pipeline.tokenizer_2, model_max_length=length))
     set_settings(pipeline, **{BIGG_MODE: str(bigg_mode), HIDDEN_STATE: hidden_state})
     install_encode_prompt(pipeline, encode_prompt, LongCLIPStableDiffusionXLPipeline)
     return pipeline
@@ -379,17 +388,18 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         ```
     """
 
+    # Signature adapted from diffusers.StableDiffusionXLPipeline.__init__ (from_pipe matches components by these types)
     def __init__(
         self,
-        vae,
-        text_encoder,
-        text_encoder_2,
-        tokenizer,
-        tokenizer_2,
-        unet,
-        scheduler,
-        image_encoder=None,
-        feature_extractor=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection = None,
+        feature_extractor: CLIPImageProcessor = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
         long_clip_pad_token_id: int = 0,
@@ -401,7 +411,7 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             vae=vae,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer_for(tokenizer, long_clip_pad_token_id),
             tokenizer_2=tokenizer_2,
             unet=unet,
             scheduler=scheduler,
@@ -411,7 +421,6 @@ class LongCLIPStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             add_watermarker=add_watermarker,
         )
         _check_widths(self)
-        align_padding(tokenizer, long_clip_pad_token_id)
         self.register_to_config(
             long_clip_pad_token_id=long_clip_pad_token_id,
             long_clip_bigg_mode=str(long_clip_bigg_mode),

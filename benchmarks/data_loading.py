@@ -271,19 +271,21 @@ def seconds_each(function: Callable, items: list) -> list[float]:
     return times
 
 
-def piece_times(
-    paths: list[str], captions: list[tuple[str, str]], batch_size: int, rotate: int
-) -> dict[str, list[float]]:
-    """Seconds a sample for each piece and variant, one pass each: a time an image (a batch for tokenizing and
-    stacking). The caller repeats; ``rotate`` turns the order of the variants so that none always runs first."""
+def piece_times(paths: list[str], captions: list[tuple[str, str]], batch_size: int) -> dict[str, list[float]]:
+    """Seconds a sample for each piece and variant, one pass: a time an image (a batch for tokenizing and stacking).
+    The variants take turns image by image, each image in a different order, so that bursts of load touch all alike."""
     decoded = [open_image(path) for path in paths]
     times = {
         "decode only (open_image)": seconds_each(open_image, paths),
         "preprocess only (preprocess_image)": seconds_each(lambda image: preprocess_image(image, IMAGE_SIZE), decoded),
     }
     names = list(VARIANTS)
-    for name in names[rotate % len(names) :] + names[: rotate % len(names)]:
-        times[name] = seconds_each(lambda path, variant=VARIANTS[name]: variant(path, IMAGE_SIZE), paths)
+    times.update({name: [] for name in names})
+    for index, path in enumerate(paths):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            start = time.perf_counter()
+            VARIANTS[name](path, IMAGE_SIZE)
+            times[name].append(time.perf_counter() - start)
     longs, shorts = zip(*captions[:batch_size])
     collator = CaptionCollator(CONTEXT_LENGTH)
     for name in ("tokenize long + short, first sight (epoch 1)", "tokenize long + short, cached (epoch >= 2)"):
@@ -328,7 +330,7 @@ def main() -> None:
     parser.add_argument("--timed-rounds", type=int, default=2, help="timed batches a worker in each loader run")
     parser.add_argument("--repeats", type=int, default=3,
                         help="loader runs and passes over the pieces; medians: over runs (loader), images (pieces)")
-    parser.add_argument("--images", type=int, default=16, help="distinct image files a class (samples cycle over them)")
+    parser.add_argument("--images", type=int, default=24, help="distinct image files a class (samples cycle over them)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -344,14 +346,14 @@ def main() -> None:
         paths = {name: sorted(str(p) for p in (Path(folder) / name).glob("*.jpg")) for name in args.classes}
         file_kib = {name: statistics.mean(os.path.getsize(p) for p in paths[name]) / 1024 for name in args.classes}
         captions = {name: [(r.long_caption, r.short_caption) for r in datasets[name].records] for name in args.classes}
-        for repeat in range(args.repeats):  # interleaved: the machine's load touches every row alike
+        for _ in range(args.repeats):  # interleaved: the machine's load touches every row alike
             for name in args.classes:
                 for workers in args.workers:
                     for loader in loaders:
                         dataset = datasets[name] if loader == "current" else VariantDataset(datasets[name], loader)
                         rate = loader_rate(dataset, args.batch_size, workers, args.timed_rounds)
                         rates.setdefault((name, loader, workers), []).append(rate)
-                for piece, seconds in piece_times(paths[name], captions[name], args.batch_size, repeat).items():
+                for piece, seconds in piece_times(paths[name], captions[name], args.batch_size).items():
                     pieces.setdefault((name, piece), []).extend(seconds)
         gaps = {name: differences(paths[name]) for name in args.classes}
     load_after = os.getloadavg()

@@ -13,8 +13,11 @@ sample (epoch 1: the collator's token cache does not help).
 Rows:
 - loader: samples/s for each ``--workers`` count (``0``: in the main process). A run's first batch of each worker
   (start-up) is not timed; the figure is the median over ``--repeats`` runs, runs interleaved over classes and counts.
-- pieces, one process: decode only (``open_image``), preprocessing only (``preprocess_image``), and the collate
-  (tokenizing a batch of long + short captions, then stacking) on first sight and with the captions cached.
+- pieces, one process, medians over images: decode only (``open_image``), preprocessing only (``preprocess_image``);
+  tokenizing a batch of long + short captions on first sight (every epoch with workers > 0: each worker's token
+  cache ends with the worker, and the trainer's workers are not persistent) and cached (``num_workers`` 0, epoch >= 2);
+  stacking the images as the collator does plus the copy into shared memory a worker's queue then makes, against
+  stacking straight into shared memory as ``torch.utils.data.default_collate`` does in a worker.
 - variants of decode + preprocessing, local to this script (the library is unchanged), side by side with ``current``
   (``preprocess_image(open_image(path))``): ``crop-box`` resizes only the source region of the centre crop
   (``resize(box=...)``); ``reducing-gap-2``/``-3`` pass ``resize(reducing_gap=...)``; ``draft-448`` and ``draft-224``
@@ -294,8 +297,20 @@ def piece_times(paths: list[str], captions: list[tuple[str, str]], batch_size: i
         collator.tokenize(shorts)
         times[name] = [(time.perf_counter() - start) / batch_size]
     pixels = [preprocess_image(decoded[i % len(decoded)], IMAGE_SIZE) for i in range(batch_size)]
-    times["stack the image tensors"] = [seconds / batch_size for seconds in seconds_each(torch.stack, [pixels])]
+    for name, function in (
+        ("stack the images, then into shared memory (CaptionCollator, worker's queue)",
+         lambda: torch.stack(pixels).share_memory_()),
+        ("stack straight into shared memory (default_collate in a worker)", lambda: stack_shared(pixels)),
+    ):
+        times[name] = [seconds / batch_size for seconds in seconds_each(lambda _, f=function: f(), [None])]
     return times
+
+
+def stack_shared(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` into shared memory, as ``torch.utils.data.default_collate`` does in a worker process (the
+    batch then needs no copy on its way to the main process)."""
+    storage = tensors[0]._typed_storage()._new_shared(len(tensors) * tensors[0].numel(), device=tensors[0].device)
+    return torch.stack(tensors, out=tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape))
 
 
 def differences(paths: list[str]) -> dict[str, tuple[float, float]]:

@@ -1,6 +1,6 @@
 """Decoded-image throughput of the training data pipeline: how many DataLoader workers keep a GPU fed.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_loading.py                        # defaults, about 3-5 minutes on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/data_loading.py                        # defaults: about 4.5 min on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/data_loading.py --classes coco --workers 0 1 --json data-loading.json
 
 The path measured is the trainer's: ``load_dataset`` (a JSONL file) → ``CaptionDataset`` (decode + CLIP preprocessing
@@ -163,7 +163,7 @@ def write_data(folder: Path, size_class: str, images: int, samples: int, seed: i
 # --- local variants of decode + preprocessing (not in the library) ----------------------------------------------------
 
 
-def preprocess_crop_box(image: Image.Image, size: int, reducing_gap: float | None = None) -> torch.Tensor:
+def preprocess_crop_box(image: Image.Image, size: int) -> torch.Tensor:
     """``preprocess_image`` resizing only the source region of the centre crop (``resize(box=...)``); the same filter
     taps as resizing the whole image and cropping, so the same result, with less work on non-square images."""
     image = image.convert("RGB")
@@ -173,7 +173,7 @@ def preprocess_crop_box(image: Image.Image, size: int, reducing_gap: float | Non
     left, top = (new_width - size) // 2, (new_height - size) // 2
     scale_x, scale_y = width / new_width, height / new_height
     box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
-    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=reducing_gap)
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
     return normalise(image)
 
 

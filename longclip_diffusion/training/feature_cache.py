@@ -36,7 +36,10 @@ from .model import _as_tensor
 SHARD_SIZE = 4096
 MANIFEST_NAME = "manifest.json"
 # what preprocess_image does; bump "version" when it changes so old caches are not reused
-PREPROCESSING = {"resize": "shortest side, bicubic", "crop": "centre", "mean": CLIP_MEAN, "std": CLIP_STD, "version": 1}
+PREPROCESSING = {
+    "decode": "JPEG draft to >= 2 x size", "resize": "shortest side, bicubic, crop box", "crop": "centre",
+    "mean": CLIP_MEAN, "std": CLIP_STD, "version": 2,
+}
 
 logger = logging.getLogger(__name__)
 

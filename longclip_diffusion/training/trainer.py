@@ -201,6 +201,7 @@ class Trainer:
             num_workers=config.num_workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=config.num_workers > 0,  # kept across epochs, with their token caches
             drop_last=True,
         )
         per_epoch = self.sampler.batches_per_epoch

@@ -1,4 +1,5 @@
-"""Record readers, CLIP preprocessing without torchvision, the resumable sampler, config files."""
+"""Record readers, CLIP preprocessing without torchvision (and its faster decode), the resumable sampler, loader
+workers, config files."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from longclip_diffusion.training.config import load_config
-from longclip_diffusion.training.data import ResumableSampler, load_dataset, preprocess_image, read_records
+from longclip_diffusion.training.config import TrainConfig, load_config
+from longclip_diffusion.training import synthetic
+from longclip_diffusion.training.data import (
+    CLIP_STD,
+    ResumableSampler,
+    load_dataset,
+    open_image,
+    preprocess_image,
+    read_records,
+)
+from longclip_diffusion.training.trainer import Trainer
+
+GREY_LEVEL = 1 / 255 / min(CLIP_STD)  # one 8-bit level in CLIP-normalised units (0.0146)
 
 LONG = "A red square on the left. Next to it a blue circle, and far away a green triangle."
 
@@ -27,6 +39,65 @@ def test_preprocessing_matches_transformers_clip_processor():
     assert ours.shape == (3, 32, 32)
     torch.testing.assert_close(ours, expected, atol=0.05, rtol=0)  # resampling kernels differ by a grey level or so
     assert (ours - expected).abs().mean() < 0.01
+
+
+def photo(width: int, height: int) -> Image.Image:
+    """Smooth gradients with texture: what a photo's JPEG looks like to the decoder (noise would not be)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(0)
+    channels = [128 + 100 * np.sin(x / (40 + 15 * c) + y / (60 - 10 * c)) + rng.normal(0, 6, (height, width)) for c in range(3)]
+    return Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
+
+
+def resize_then_crop(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIP's preprocessing as the reference writes it: resize the whole image (bicubic), then crop the centre."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    resized = image.convert("RGB").resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array(CLIP_STD)
+    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("size", [(80, 48), (48, 80), (333, 200), (224, 224)])
+def test_resampling_the_crop_box_equals_resize_then_crop(size):
+    image = photo(*size)
+    torch.testing.assert_close(preprocess_image(image, 32), resize_then_crop(image, 32), atol=1.01 * GREY_LEVEL, rtol=0)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_within_three_grey_levels(tmp_path):
+    photo(2250, 1500).save(tmp_path / "large.jpg", quality=90)
+    photo(800, 600).save(tmp_path / "small.jpg", quality=90)
+    photo(2250, 1500).save(tmp_path / "large.png")
+    assert open_image(str(tmp_path / "large.jpg"), 224).size == (1125, 750)  # 1/2: the short side stays >= 448
+    assert open_image(str(tmp_path / "small.jpg"), 224).size == (800, 600)  # under 4 × 224: decoded in full
+    assert open_image(str(tmp_path / "large.png"), 224).size == (2250, 1500)  # no draft mode outside JPEG
+    full = preprocess_image(open_image(str(tmp_path / "large.jpg")), 224)
+    reduced = preprocess_image(open_image(str(tmp_path / "large.jpg"), 224), 224)
+    assert 0 < (reduced - full).abs().max() <= 3 * GREY_LEVEL
+    assert (reduced - full).abs().mean() < 0.5 * GREY_LEVEL
+
+
+def test_loader_workers_train_exactly_as_the_main_process_across_epochs(tmp_path):
+    """Persistent workers, images stacked in shared memory: the same batches, so the same weights after two epochs."""
+    lines = []
+    for index in range(12):
+        name = f"{index}.{'jpg' if index % 2 else 'png'}"
+        photo(40 + 4 * index, 36).save(tmp_path / name)
+        lines.append(json.dumps({"image": name, "caption": f"photo number {index}. It has {index} stripes of colour."}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    weights = []
+    for workers in (0, 2):
+        dataset = load_dataset([str(tmp_path / "data.jsonl")], image_size=32)
+        model = synthetic.tiny_clip(image_size=32, width=64, layers=1)
+        config = dict(batch_size=4, max_steps=6, lr=1e-3, warmup_steps=1, pcm_components=2, export=[], progress=False)
+        trainer = Trainer(TrainConfig(num_workers=workers, output_dir=str(tmp_path / str(workers)), **config), model, dataset)
+        assert trainer.sampler.batches_per_epoch == 3
+        weights.append(trainer.train().state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
 
 
 @pytest.fixture()

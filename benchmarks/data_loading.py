@@ -1,31 +1,35 @@
 """Decoded-image throughput of the training data pipeline: how many DataLoader workers keep a GPU fed.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_loading.py                        # defaults: about 4.5 min on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/data_loading.py                        # defaults: about 4.7 min on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/data_loading.py --classes coco --workers 0 1 --json data-loading.json
 
-The path measured is the trainer's: ``load_dataset`` (a JSONL file) → ``CaptionDataset`` (decode + CLIP preprocessing
-to 224 px) → ``DataLoader(sampler=ResumableSampler, collate_fn=CaptionCollator(248), pin_memory=<CUDA available>)``,
-which also tokenizes the long and short captions. Images are written first to a temporary folder as JPEG (quality 90):
-smooth gradients, shapes and mild texture (not pure noise, which decodes unrealistically slowly), in two size classes,
-COCO-like 640 × 480 and SA-1B-like 2250 × 1500 (both orientations); captions are 150-240 tokens of English, unique per
-sample (epoch 1: the collator's token cache does not help).
+The path measured is the trainer's: ``load_dataset`` (a JSONL file) → ``CaptionDataset`` (``open_image(path, 224)``,
+which decodes large JPEGs at a reduced scale, then ``preprocess_image``: CLIP preprocessing to 224 px) →
+``DataLoader(sampler=ResumableSampler, collate_fn=CaptionCollator(248), pin_memory=<CUDA available>)``, which also
+tokenizes the long and short captions and stacks the images with ``default_collate``. Images are written first to a
+temporary folder as JPEG (quality 90): smooth gradients, shapes and mild texture (not pure noise, which decodes
+unrealistically slowly), in two size classes, COCO-like 640 × 480 and SA-1B-like 2250 × 1500 (both orientations);
+captions are 150-240 tokens of English, unique per sample.
 
 Rows:
-- loader: samples/s for each ``--workers`` count (``0``: in the main process). A run's first batch of each worker
-  (start-up) is not timed; the figure is the median over ``--repeats`` runs, runs interleaved over classes and counts.
-- pieces, one process, medians over images: decode only (``open_image``), preprocessing only (``preprocess_image``);
-  tokenizing a batch of long + short captions on first sight (every epoch with workers > 0: each worker's token
-  cache ends with the worker, and the trainer's workers are not persistent) and cached (``num_workers`` 0, epoch >= 2);
-  stacking the images as the collator does plus the copy into shared memory a worker's queue then makes, against
-  stacking straight into shared memory as ``torch.utils.data.default_collate`` does in a worker.
-- variants of decode + preprocessing, local to this script (the library is unchanged), side by side with ``current``
-  (``preprocess_image(open_image(path))``): ``crop-box`` resizes only the source region of the centre crop
-  (``resize(box=...)``); ``reducing-gap-2``/``-3`` pass ``resize(reducing_gap=...)``; ``draft-448`` and ``draft-224``
-  use JPEG draft mode (the decoder's DCT scaling by 1/2, 1/4 or 1/8) down to the smallest size whose shortest side is
-  still >= 448 (2 × 224, what ``Image.thumbnail`` asks for) or >= 224; ``+crop-box`` combines. Each shows its speed-up
-  and the max / mean absolute difference of its tensors from ``current``'s, in CLIP-normalised units (one 8-bit level
-  is about 0.0146 of them); re-saving the source as JPEG quality 90 is shown as a yardstick of a harmless change.
-  ``--loader-variants`` also runs the loader rows with a variant (``VariantDataset``).
+- loader: samples/s for each ``--workers`` count (``0``: in the main process), in a first epoch (every caption seen
+  for the first time). A run's first batch of each worker (start-up) is not timed; the figure is the median over
+  ``--repeats`` runs, runs interleaved over classes, counts and loaders. ``--loader-variants`` adds loader rows with
+  other decode + preprocessing (``VariantDataset``; default ``reference``, the library before it decoded at a reduced
+  scale; collate and tokenizing are the library's in every row).
+- pieces, one process, medians over images: decode only (``open_image(path, 224)``), preprocessing only
+  (``preprocess_image``); tokenizing a batch of long + short captions on first sight and cached (the collator's cache,
+  kept across epochs in the main process and, the trainer's workers being persistent, in each worker for the captions
+  that worker has collated); collating the images in a worker: ``default_collate`` (straight into shared memory),
+  against ``torch.stack`` then the copy into shared memory a worker's queue makes (the library before 7874607).
+- decode + preprocessing variants side by side with ``library`` (``preprocess_image(open_image(path, 224), 224)``):
+  ``reference`` decodes in full, resizes the whole image (bicubic, shortest side to 224) and crops the centre, as
+  OpenAI CLIP and transformers' ``CLIPImageProcessor`` do (and the library did before); alternatives not taken:
+  ``reducing-gap-2``/``-3`` decode in full and pass ``resize(reducing_gap=...)`` (with the library's crop box),
+  ``draft-224`` lets JPEG draft mode go down to a shortest side >= 224 instead of >= 448. Each shows its time, its
+  speed-up over ``library`` and over ``reference``, and the max / mean absolute difference of its tensors from
+  ``reference``'s, in CLIP-normalised units (one 8-bit level is about 0.0146 of them); re-saving the source as JPEG
+  quality 90 is shown as a yardstick of a harmless change.
 
 Each DataLoader worker is one process with one thread (torch sets that); the main process uses one thread too.
 """
@@ -43,11 +47,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from longclip_diffusion.files import atomic_file
 from longclip_diffusion.tokenizer import token_ids
@@ -160,33 +165,32 @@ def write_data(folder: Path, size_class: str, images: int, samples: int, seed: i
     return data
 
 
-# --- local variants of decode + preprocessing (not in the library) ----------------------------------------------------
+# --- decode + preprocessing: the library, the reference it was checked against, alternatives not taken ---------------
 
 
-def preprocess_crop_box(image: Image.Image, size: int) -> torch.Tensor:
-    """``preprocess_image`` resizing only the source region of the centre crop (``resize(box=...)``); the same filter
-    taps as resizing the whole image and cropping, so the same result, with less work on non-square images."""
+def preprocess_reference(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIP preprocessing as OpenAI CLIP and transformers' ``CLIPImageProcessor`` do it (and the library did before
+    7874607): resize the whole image (bicubic, shortest side to ``size``), then crop the centre."""
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    return normalise(image.crop((left, top, left + size, top + size)))
+
+
+def preprocess_reducing_gap(image: Image.Image, size: int, reducing_gap: float) -> torch.Tensor:
+    """``preprocess_image`` (the centre crop's source box only) with ``resize(reducing_gap=...)``: a box reduction by
+    an integer factor first, then bicubic over the last ``>= reducing_gap`` times; for formats without draft mode."""
     image = image.convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
     left, top = (new_width - size) // 2, (new_height - size) // 2
-    scale_x, scale_y = width / new_width, height / new_height
-    box = (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
-    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
-    return normalise(image)
-
-
-def preprocess_reducing_gap(image: Image.Image, size: int, reducing_gap: float) -> torch.Tensor:
-    """``preprocess_image`` with ``resize(reducing_gap=...)``: a box reduction by an integer factor first, then bicubic
-    over the last ``>= reducing_gap`` times."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=reducing_gap)
-    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    return normalise(image.crop((left, top, left + size, top + size)))
+    x_scale, y_scale = width / new_width, height / new_height
+    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
+    return normalise(image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=reducing_gap))
 
 
 def normalise(image: Image.Image) -> torch.Tensor:
@@ -195,34 +199,23 @@ def normalise(image: Image.Image) -> torch.Tensor:
     return (pixels - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
-def open_image_draft(location: str, size: int) -> Image.Image:
-    """``open_image`` with JPEG draft mode: the decoder scales by 1/2, 1/4 or 1/8 in the DCT while both sides stay
-    >= ``size`` (so the shortest side does); other formats are unaffected. ``Image.thumbnail`` asks for twice the
-    final size (its ``reducing_gap=2``), leaving the last >= 2× of the reduction to the resampling filter."""
-    with Image.open(location) as image:
-        image.draft("RGB", (size, size))
-        return image.convert("RGB")
-
-
 def resaved_jpeg(location: str) -> Image.Image:
-    """The yardstick: the decoded image saved again as JPEG quality 90 and decoded."""
+    """The yardstick: the fully decoded image saved again as JPEG quality 90 and decoded."""
     buffer = io.BytesIO()
     open_image(location).save(buffer, format="JPEG", quality=90)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
 
 
-VARIANTS: dict[str, Callable[[str, int], torch.Tensor]] = {  # decode + preprocess; "current" is the library's
-    "current": lambda path, size: preprocess_image(open_image(path), size),
-    "crop-box": lambda path, size: preprocess_crop_box(open_image(path), size),
+VARIANTS: dict[str, Callable[[str, int], torch.Tensor]] = {  # decode + preprocess of one image file
+    "library": lambda path, size: preprocess_image(open_image(path, size), size),
+    "reference": lambda path, size: preprocess_reference(open_image(path), size),
     "reducing-gap-3": lambda path, size: preprocess_reducing_gap(open_image(path), size, 3.0),
     "reducing-gap-2": lambda path, size: preprocess_reducing_gap(open_image(path), size, 2.0),
-    "draft-448": lambda path, size: preprocess_image(open_image_draft(path, 2 * size), size),
-    "draft-448+crop-box": lambda path, size: preprocess_crop_box(open_image_draft(path, 2 * size), size),
-    "draft-224": lambda path, size: preprocess_image(open_image_draft(path, size), size),
-    "draft-224+crop-box": lambda path, size: preprocess_crop_box(open_image_draft(path, size), size),
+    # open_image drafts down to twice its size argument: half of it lets the shortest side go down to ``size``
+    "draft-224": lambda path, size: preprocess_image(open_image(path, size // 2), size),
 }
-LOADER_VARIANTS = ["draft-448+crop-box"]
+LOADER_VARIANTS = ["reference"]
 YARDSTICK = "yardstick: source re-saved as JPEG q90"
 
 
@@ -243,8 +236,9 @@ class VariantDataset(CaptionDataset):
 
 
 def loader_rate(dataset: CaptionDataset, batch_size: int, workers: int, timed_rounds: int) -> float:
-    """Samples/s of the trainer's DataLoader. With ``w`` workers, the first ``w`` batches (one a worker, made in
-    parallel while they start) only start the clock; then ``timed_rounds`` batches a worker are timed."""
+    """Samples/s of the trainer's DataLoader in a first epoch (its persistent workers change nothing there). With
+    ``w`` workers, the first ``w`` batches (one a worker, made in parallel while they start) only start the clock;
+    then ``timed_rounds`` batches a worker are timed."""
     per_round = max(workers, 1)
     sampler = ResumableSampler(len(dataset), batch_size, seed=0)
     batches = per_round * (timed_rounds + 1)
@@ -275,11 +269,11 @@ def seconds_each(function: Callable, items: list) -> list[float]:
 
 
 def piece_times(paths: list[str], captions: list[tuple[str, str]], batch_size: int) -> dict[str, list[float]]:
-    """Seconds a sample for each piece and variant, one pass: a time an image (a batch for tokenizing and stacking).
+    """Seconds a sample for each piece and variant, one pass: a time an image (a batch for tokenizing and collating).
     The variants take turns image by image, each image in a different order, so that bursts of load touch all alike."""
-    decoded = [open_image(path) for path in paths]
+    decoded = [open_image(path, IMAGE_SIZE) for path in paths]
     times = {
-        "decode only (open_image)": seconds_each(open_image, paths),
+        "decode only (open_image(path, 224))": seconds_each(lambda path: open_image(path, IMAGE_SIZE), paths),
         "preprocess only (preprocess_image)": seconds_each(lambda image: preprocess_image(image, IMAGE_SIZE), decoded),
     }
     names = list(VARIANTS)
@@ -291,33 +285,29 @@ def piece_times(paths: list[str], captions: list[tuple[str, str]], batch_size: i
             times[name].append(time.perf_counter() - start)
     longs, shorts = zip(*captions[:batch_size])
     collator = CaptionCollator(CONTEXT_LENGTH)
-    for name in ("tokenize long + short, first sight (epoch 1)", "tokenize long + short, cached (epoch >= 2)"):
+    for name in ("tokenize long + short, first sight", "tokenize long + short, cached"):
         start = time.perf_counter()
         collator.tokenize(longs)
         collator.tokenize(shorts)
         times[name] = [(time.perf_counter() - start) / batch_size]
     pixels = [preprocess_image(decoded[i % len(decoded)], IMAGE_SIZE) for i in range(batch_size)]
-    for name, function in (
-        ("stack the images, then into shared memory (CaptionCollator, worker's queue)",
-         lambda: torch.stack(pixels).share_memory_()),
-        ("stack straight into shared memory (default_collate in a worker)", lambda: stack_shared(pixels)),
-    ):
-        times[name] = [seconds / batch_size for seconds in seconds_each(lambda _, f=function: f(), [None])]
+    with mock.patch("torch.utils.data.get_worker_info", return_value=object()):  # default_collate's worker branch
+        for name, function in (
+            ("collate images in a worker: default_collate, into shared memory", lambda: default_collate(pixels)),
+            ("before 7874607: torch.stack, then the queue's copy into shared memory",
+             lambda: torch.stack(pixels).share_memory_()),
+        ):
+            start = time.perf_counter()
+            function()
+            times[name] = [(time.perf_counter() - start) / batch_size]
     return times
 
 
-def stack_shared(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack`` into shared memory, as ``torch.utils.data.default_collate`` does in a worker process (the
-    batch then needs no copy on its way to the main process)."""
-    storage = tensors[0]._typed_storage()._new_shared(len(tensors) * tensors[0].numel(), device=tensors[0].device)
-    return torch.stack(tensors, out=tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape))
-
-
 def differences(paths: list[str]) -> dict[str, tuple[float, float]]:
-    """Max and mean absolute difference from the current path's tensors, CLIP-normalised units, over ``paths``."""
-    reference = [VARIANTS["current"](path, IMAGE_SIZE) for path in paths]
-    variants = {name: variant for name, variant in VARIANTS.items() if name != "current"}
-    variants[YARDSTICK] = lambda path, size: preprocess_image(resaved_jpeg(path), size)
+    """Max and mean absolute difference from the reference path's tensors, CLIP-normalised units, over ``paths``."""
+    reference = [VARIANTS["reference"](path, IMAGE_SIZE) for path in paths]
+    variants = {name: variant for name, variant in VARIANTS.items() if name != "reference"}
+    variants[YARDSTICK] = lambda path, size: preprocess_reference(resaved_jpeg(path), size)
     result = {}
     for name, variant in variants.items():
         gaps = torch.stack([(variant(path, IMAGE_SIZE) - ref).abs() for path, ref in zip(paths, reference)])
@@ -351,7 +341,7 @@ def main() -> None:
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     batches = max([*args.workers, 1]) * (args.timed_rounds + 1)
-    loaders = ["current", *args.loader_variants] if args.workers else []
+    loaders = ["library", *args.loader_variants] if args.workers else []
     rates: dict[tuple[str, str, int], list[float]] = {}
     pieces: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -365,7 +355,7 @@ def main() -> None:
             for name in args.classes:
                 for workers in args.workers:
                     for loader in loaders:
-                        dataset = datasets[name] if loader == "current" else VariantDataset(datasets[name], loader)
+                        dataset = datasets[name] if loader == "library" else VariantDataset(datasets[name], loader)
                         rate = loader_rate(dataset, args.batch_size, workers, args.timed_rounds)
                         rates.setdefault((name, loader, workers), []).append(rate)
                 for piece, seconds in piece_times(paths[name], captions[name], args.batch_size).items():
@@ -393,9 +383,10 @@ def main() -> None:
             print(f"| {label} | " + " | ".join(f"{rate:.1f}" for rate in medians.values()) + " |")
             rows += [{"kind": "loader", "variant": loader, "num_workers": workers, "class": name, "samples_per_s": rate,
                       "runs": rates[(name, loader, workers)]} for name, rate in medians.items()]
-    print(f"\n| one process, per sample (diff: vs current, CLIP-normalised units) | {header} |")
+    print(f"\n| one process, per sample (×: speed-up; diff: vs reference, CLIP-normalised units) | {header} |")
     print("|---|" + "---|" * len(args.classes))
-    current = {name: statistics.median(pieces[(name, "current")]) for name in args.classes}
+    library = {name: statistics.median(pieces[(name, "library")]) for name in args.classes}
+    reference = {name: statistics.median(pieces[(name, "reference")]) for name in args.classes}
     for piece in dict.fromkeys(piece for _, piece in pieces):
         cells = []
         for name in args.classes:
@@ -403,7 +394,10 @@ def main() -> None:
             cell = f"{seconds * 1000:.2f} ms ({1 / seconds:.0f}/s)"
             if piece in gaps[name]:
                 peak, mean = gaps[name][piece]
-                cell += f", ×{current[name] / seconds:.2f}; diff max {peak:.3f} mean {mean:.4f}"
+                cell += (f", ×{library[name] / seconds:.2f} over library, ×{reference[name] / seconds:.2f} over "
+                         f"reference; diff max {peak:.3f} mean {mean:.4f}")
+            elif piece == "reference":
+                cell += f", ×{library[name] / seconds:.2f} over library"
             cells.append(cell)
             rows.append({"kind": "piece", "piece": piece, "class": name, "ms_per_sample": seconds * 1000,
                          "diff_max_mean": gaps[name].get(piece)})

@@ -62,6 +62,7 @@ from longclip_diffusion.training.data import (
     CaptionCollator,
     CaptionDataset,
     ResumableSampler,
+    centre_crop_box,
     load_dataset,
     open_image,
     preprocess_image,
@@ -184,12 +185,7 @@ def preprocess_reducing_gap(image: Image.Image, size: int, reducing_gap: float) 
     """``preprocess_image`` (the centre crop's source box only) with ``resize(reducing_gap=...)``: a box reduction by
     an integer factor first, then bicubic over the last ``>= reducing_gap`` times; for formats without draft mode."""
     image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    x_scale, y_scale = width / new_width, height / new_height
-    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
+    box = centre_crop_box(image.size, size)
     return normalise(image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=reducing_gap))
 
 

@@ -35,6 +35,17 @@ def short_caption_of(long_caption: str) -> str:
     return long_caption.split(". ")[0]
 
 
+def centre_crop_box(image_size: tuple[int, int], size: int) -> tuple[float, float, float, float]:
+    """The region of an image of ``image_size`` that becomes the ``size`` × ``size`` centre crop once its shortest side
+    is resized to ``size``, in the image's own coordinates."""
+    width, height = image_size
+    scale = size / min(width, height)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    x_scale, y_scale = width / new_width, height / new_height
+    return left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale
+
+
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     """CLIP preprocessing: RGB, shortest side to ``size`` (bicubic), centre crop, scale to [0, 1], CLIP mean/std.
 
@@ -42,13 +53,7 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     whole image and then cropping, within a grey level of rounding, for less work on images that are not square.
     """
     image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    x_scale, y_scale = width / new_width, height / new_height
-    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
-    image = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=centre_crop_box(image.size, size))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)

@@ -45,6 +45,42 @@ def random_text_encoder(config: CLIPTextConfig, with_projection: bool = False, s
     return stretch_text_encoder(model) if long else model
 
 
+def random_openai_text_state_dict(
+    width: int = 64,
+    layers: int = 2,
+    positions: int = 77,
+    projection: int = 32,
+    vocab: int = 1000,
+    seed: int = 0,
+    long_clip_extras: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A text tower in the OpenAI/Long-CLIP reference layout (``transformer.resblocks.*``) with random weights; with
+    ``long_clip_extras`` also the reference Long-CLIP's ``positional_embedding_res`` and ``logit_scale``."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.05
+
+    state_dict = {"token_embedding.weight": rand(vocab, width), "positional_embedding": rand(positions, width)}
+    if long_clip_extras:
+        state_dict["positional_embedding_res"] = rand(positions, width)
+    state_dict.update({"ln_final.weight": 1 + rand(width), "ln_final.bias": rand(width)})
+    state_dict["text_projection"] = rand(width, projection)
+    if long_clip_extras:
+        state_dict["logit_scale"] = torch.tensor(4.6052)
+    for i in range(layers):
+        prefix = f"transformer.resblocks.{i}."
+        state_dict.update({
+            prefix + "attn.in_proj_weight": rand(3 * width, width), prefix + "attn.in_proj_bias": rand(3 * width),
+            prefix + "attn.out_proj.weight": rand(width, width), prefix + "attn.out_proj.bias": rand(width),
+            prefix + "ln_1.weight": 1 + rand(width), prefix + "ln_1.bias": rand(width),
+            prefix + "ln_2.weight": 1 + rand(width), prefix + "ln_2.bias": rand(width),
+            prefix + "mlp.c_fc.weight": rand(4 * width, width), prefix + "mlp.c_fc.bias": rand(4 * width),
+            prefix + "mlp.c_proj.weight": rand(width, 4 * width), prefix + "mlp.c_proj.bias": rand(width),
+        })
+    return state_dict
+
+
 def tiny_vae() -> AutoencoderKL:
     """A two-level VAE with 4 latent channels (scale factor 2)."""
     return AutoencoderKL(

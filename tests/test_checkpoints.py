@@ -26,6 +26,7 @@ from longclip_diffusion.checkpoints import (
     save_openai_file,
 )
 from longclip_diffusion.files import PARTIAL_MARKER, DestinationExistsError
+from longclip_diffusion.testing import clip_text_config, random_openai_text_state_dict, random_text_encoder
 from longclip_diffusion.tokenizer import tokenize
 
 TOLERANCE = dict(rtol=0, atol=1e-5)
@@ -62,31 +63,6 @@ def reference_forward(state_dict: dict[str, torch.Tensor], input_ids: torch.Tens
     x = F.layer_norm(x, (width,), sd["ln_final.weight"], sd["ln_final.bias"], eps=1e-5)
     pooled = x[torch.arange(x.shape[0]), input_ids.argmax(dim=-1)] @ sd["text_projection"]
     return x, pooled
-
-
-def random_openai_state_dict(width=192, layers=2, positions=248, embed_dim=96, vocab=49408, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.05
-    sd = {
-        "token_embedding.weight": r(vocab, width),
-        "positional_embedding": r(positions, width),
-        "positional_embedding_res": r(positions, width),
-        "ln_final.weight": 1 + r(width),
-        "ln_final.bias": r(width),
-        "text_projection": r(width, embed_dim),
-        "logit_scale": torch.tensor(4.6052),
-    }
-    for i in range(layers):
-        p = f"transformer.resblocks.{i}."
-        sd.update({
-            p + "attn.in_proj_weight": r(3 * width, width), p + "attn.in_proj_bias": r(3 * width),
-            p + "attn.out_proj.weight": r(width, width), p + "attn.out_proj.bias": r(width),
-            p + "ln_1.weight": 1 + r(width), p + "ln_1.bias": r(width),
-            p + "ln_2.weight": 1 + r(width), p + "ln_2.bias": r(width),
-            p + "mlp.c_fc.weight": r(4 * width, width), p + "mlp.c_fc.bias": r(4 * width),
-            p + "mlp.c_proj.weight": r(width, 4 * width), p + "mlp.c_proj.bias": r(width),
-        })
-    return sd
 
 
 def assert_matches_reference(model, reference):
@@ -128,7 +104,9 @@ def test_position_residual_table_is_used_from_row_20(reference_checkpoint):
 
 @pytest.mark.parametrize("width, layers, positions", [(192, 2, 248), (64, 1, 77), (256, 3, 248)])
 def test_random_sizes_match_independent_forward(tmp_path, width, layers, positions):
-    state_dict = random_openai_state_dict(width=width, layers=layers, positions=positions, seed=width)
+    state_dict = random_openai_text_state_dict(
+        width, layers, positions, projection=96, vocab=49408, seed=width, long_clip_extras=True
+    )
     save_file(state_dict, str(tmp_path / "random.safetensors"))
     model = load_text_encoder(tmp_path / "random.safetensors", with_projection=True)
     ids = tokenize(["a cat", "a long prompt about many things " * 12, ""], context_length=positions)
@@ -232,7 +210,6 @@ def test_safetensors_reads_only_requested_tensors(reference_checkpoint):
 
 def test_width_check_names_both_widths_for_models_and_state_dicts():
     from longclip_diffusion.checkpoints import check_text_encoder_width, text_encoder_width
-    from longclip_diffusion.testing import clip_text_config, random_text_encoder
 
     encoder = random_text_encoder(clip_text_config(hidden_size=32), long=True)
     assert text_encoder_width(encoder) == text_encoder_width({f"clip_l.{k}": v for k, v in encoder.state_dict().items()}) == 32

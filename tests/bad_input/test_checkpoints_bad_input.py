@@ -23,34 +23,10 @@ from longclip_diffusion.checkpoints import CheckpointError
 from longclip_diffusion.cli import main
 from longclip_diffusion.files import DestinationExistsError
 from longclip_diffusion.positions import stretch_positions, stretch_text_encoder
-from longclip_diffusion.testing import clip_text_config, random_text_encoder
+from longclip_diffusion.testing import clip_text_config, random_openai_text_state_dict, random_text_encoder
 
 FIXTURES = Path(os.environ.get("LONGCLIP_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 REFERENCE = FIXTURES / "longclip-reference-tiny.safetensors"
-
-
-def openai_state_dict(width: int = 64, layers: int = 2, positions: int = 77, vocab: int = 1000) -> dict:
-    """A tiny OpenAI/Long-CLIP text tower (``transformer.resblocks.*``) with random weights."""
-    g = torch.Generator().manual_seed(0)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.05  # noqa: E731
-    sd = {
-        "token_embedding.weight": r(vocab, width),
-        "positional_embedding": r(positions, width),
-        "ln_final.weight": 1 + r(width),
-        "ln_final.bias": r(width),
-        "text_projection": r(width, 32),
-    }
-    for i in range(layers):
-        p = f"transformer.resblocks.{i}."
-        sd.update({
-            p + "attn.in_proj_weight": r(3 * width, width), p + "attn.in_proj_bias": r(3 * width),
-            p + "attn.out_proj.weight": r(width, width), p + "attn.out_proj.bias": r(width),
-            p + "ln_1.weight": 1 + r(width), p + "ln_1.bias": r(width),
-            p + "ln_2.weight": 1 + r(width), p + "ln_2.bias": r(width),
-            p + "mlp.c_fc.weight": r(4 * width, width), p + "mlp.c_fc.bias": r(4 * width),
-            p + "mlp.c_proj.weight": r(width, 4 * width), p + "mlp.c_proj.bias": r(width),
-        })
-    return sd
 
 
 def tiny_encoder(long: bool = False, with_projection: bool = False):
@@ -114,13 +90,13 @@ def empty_file(suffix):
 
 
 def truncated_safetensors(tmp_path, _):
-    path = write(tmp_path, "full.safetensors", openai_state_dict())
+    path = write(tmp_path, "full.safetensors", random_openai_text_state_dict())
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:4000])
     return lambda: checkpoints.load_text_encoder(tmp_path / "cut.safetensors")
 
 
 def truncated_pickle(tmp_path, _):
-    torch.save(openai_state_dict(), tmp_path / "full.pt")
+    torch.save(random_openai_text_state_dict(), tmp_path / "full.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:5000])
     return lambda: checkpoints.load_text_encoder(tmp_path / "cut.pt")
 
@@ -178,7 +154,7 @@ def empty_folder(tmp_path, _):
 
 def folder_with_a_weights_file_only(tmp_path, _):
     (tmp_path / "downloads").mkdir()
-    write(tmp_path / "downloads", "longclip-L.safetensors", openai_state_dict())
+    write(tmp_path / "downloads", "longclip-L.safetensors", random_openai_text_state_dict())
     return lambda: checkpoints.load_text_encoder(tmp_path / "downloads")
 
 
@@ -211,7 +187,7 @@ def openai_file(state_dict_fn, with_projection=False):
 
 
 def layer_gap():
-    sd = openai_state_dict(layers=4)
+    sd = random_openai_text_state_dict(layers=4)
     return {k: v for k, v in sd.items() if not k.startswith("transformer.resblocks.2.")}
 
 
@@ -233,7 +209,7 @@ def foreign_safetensors(tmp_path, _):
 
 
 def clip_model_from_text_only(tmp_path, _):
-    path = write(tmp_path, "text-only.safetensors", openai_state_dict())
+    path = write(tmp_path, "text-only.safetensors", random_openai_text_state_dict())
     return lambda: checkpoints.load_clip_model(path)
 
 
@@ -361,7 +337,7 @@ def width_mismatch_state_dict(tmp_path, _):
 
 
 def bad_width_for_heads():
-    return openai_state_dict(width=200, layers=1)
+    return random_openai_text_state_dict(width=200, layers=1)
 
 
 CASES = [
@@ -392,16 +368,16 @@ CASES = [
     pytest.param(unet_folder, CheckpointError, "describes UNet2DConditionModel, not a CLIPTextModel", id="unet-folder"),
     pytest.param(broken_config_json, CheckpointError, "config.json: not a readable JSON config", id="broken-config-json"),
     # OpenAI layout: missing and inconsistent tensors, found vs expected
-    pytest.param(openai_file(lambda: without(openai_state_dict(), "ln_final.weight")), CheckpointError, "without `ln_final.weight`", id="missing-ln-final"),
-    pytest.param(openai_file(lambda: without(openai_state_dict(), "transformer.resblocks.0.mlp.c_fc.weight")), CheckpointError, "without `transformer.resblocks.0.mlp.c_fc.weight`", id="missing-c-fc-layer-0"),
-    pytest.param(openai_file(lambda: without(openai_state_dict(), "transformer.resblocks.1.mlp.c_fc.weight")), CheckpointError, r"missing `transformer.resblocks.1.mlp.c_fc.weight` for a 64-wide, 2-layer", id="missing-c-fc-layer-1"),
-    pytest.param(openai_file(lambda: without(openai_state_dict(), "token_embedding.weight")), CheckpointError, "without `token_embedding.weight`", id="missing-token-embedding"),
+    pytest.param(openai_file(lambda: without(random_openai_text_state_dict(), "ln_final.weight")), CheckpointError, "without `ln_final.weight`", id="missing-ln-final"),
+    pytest.param(openai_file(lambda: without(random_openai_text_state_dict(), "transformer.resblocks.0.mlp.c_fc.weight")), CheckpointError, "without `transformer.resblocks.0.mlp.c_fc.weight`", id="missing-c-fc-layer-0"),
+    pytest.param(openai_file(lambda: without(random_openai_text_state_dict(), "transformer.resblocks.1.mlp.c_fc.weight")), CheckpointError, r"missing `transformer.resblocks.1.mlp.c_fc.weight` for a 64-wide, 2-layer", id="missing-c-fc-layer-1"),
+    pytest.param(openai_file(lambda: without(random_openai_text_state_dict(), "token_embedding.weight")), CheckpointError, "without `token_embedding.weight`", id="missing-token-embedding"),
     pytest.param(openai_file(layer_gap), CheckpointError, r"block\(s\) \[2\] missing", id="layer-numbering-gap"),
-    pytest.param(openai_file(lambda: replaced(openai_state_dict(), transformer__resblocks__1__attn__in_proj_weight=torch.zeros(384, 64))), CheckpointError, r"`transformer.resblocks.1.attn.in_proj_weight` is \[384, 64\], expected \[192, 64\]", id="inconsistent-width-in-a-layer"),
-    pytest.param(openai_file(lambda: replaced(openai_state_dict(), positional_embedding=torch.zeros(248, 32))), CheckpointError, r"`positional_embedding` is \[248, 32\], expected \[248, 64\]", id="position-table-of-another-width"),
+    pytest.param(openai_file(lambda: replaced(random_openai_text_state_dict(), transformer__resblocks__1__attn__in_proj_weight=torch.zeros(384, 64))), CheckpointError, r"`transformer.resblocks.1.attn.in_proj_weight` is \[384, 64\], expected \[192, 64\]", id="inconsistent-width-in-a-layer"),
+    pytest.param(openai_file(lambda: replaced(random_openai_text_state_dict(), positional_embedding=torch.zeros(248, 32))), CheckpointError, r"`positional_embedding` is \[248, 32\], expected \[248, 64\]", id="position-table-of-another-width"),
     pytest.param(openai_file(bad_width_for_heads), CheckpointError, "200 wide cannot be split into 3 attention heads", id="width-not-divisible-by-heads"),
-    pytest.param(openai_file(lambda: replaced(openai_state_dict(), text_projection=torch.zeros(32, 32))), CheckpointError, r"`text_projection` is \[32, 32\], expected \[64, embed_dim\]", id="projection-of-another-width"),
-    pytest.param(openai_file(lambda: without(openai_state_dict(), "text_projection"), with_projection=True), CheckpointError, "has no text projection", id="projection-needed-but-missing"),
+    pytest.param(openai_file(lambda: replaced(random_openai_text_state_dict(), text_projection=torch.zeros(32, 32))), CheckpointError, r"`text_projection` is \[32, 32\], expected \[64, embed_dim\]", id="projection-of-another-width"),
+    pytest.param(openai_file(lambda: without(random_openai_text_state_dict(), "text_projection"), with_projection=True), CheckpointError, "has no text projection", id="projection-needed-but-missing"),
     pytest.param(clip_model_from_text_only, CheckpointError, r"has no vision tower", id="clip-model-from-text-only"),
     # transformers/ComfyUI single files
     pytest.param(text_model_file(lambda: without(text_model_state_dict(), "text_model.encoder.layers.0.mlp.fc1.weight")), CheckpointError, "without `text_model.encoder.layers.0.mlp.fc1.weight`", id="text-model-missing-fc1"),

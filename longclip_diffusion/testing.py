@@ -6,6 +6,8 @@ Nothing here downloads anything: models are built from configs in code and use t
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -334,3 +336,35 @@ def benchmark_prompt(max_tokens: int = 246) -> str:
     while len(token_ids([prompt])[0]) > max_tokens:
         prompt = prompt.rsplit(" ", 1)[0].rstrip(",")
     return prompt
+
+
+LORA_RANK = 4
+
+
+def trained_lora(model: nn.Module, targets: list[str], seed: int) -> dict[str, torch.Tensor]:
+    """LoRA layers (rank :data:`LORA_RANK`, alpha = rank) with non-zero A and B, as after training, on a copy of
+    ``model``, in diffusers' saved format (what ``save_lora_weights`` takes). Needs peft."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=targets, init_lora_weights=False)
+    state_dict = get_peft_model_state_dict(inject_adapter_in_model(config, copy.deepcopy(model)))
+    if not state_dict:
+        raise ValueError(f"no LoRA layers made for {targets}")
+    return convert_state_dict_to_diffusers(state_dict)
+
+
+def merge_lora_by_hand(model: nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0) -> int:
+    """Add ``scale * up @ down`` (alpha = rank) to each linear layer ``lora`` targets, independently of any loader;
+    returns how many were changed."""
+    downs = {key.removesuffix(".down.weight").rsplit(".", 1)[0]: value
+             for key, value in lora.items() if key.endswith(".down.weight")}
+    with torch.no_grad():
+        for name, down in downs.items():
+            up = next(value for key, value in lora.items() if key.startswith(name + ".") and key.endswith(".up.weight"))
+            if not hasattr(model, "text_model"):  # transformers 5 flattens CLIPTextModel
+                name = name.removeprefix("text_model.")
+            model.get_submodule(name).weight += scale * up @ down
+    return len(downs)

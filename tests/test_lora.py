@@ -9,47 +9,18 @@ into the weights of an identical pipeline.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
 from longclip_diffusion.pipelines import LongCLIPStableDiffusionPipeline, LongCLIPStableDiffusionXLPipeline, apply_long_clip
-from longclip_diffusion.testing import tiny_sd_components, tiny_sdxl_components
+from longclip_diffusion.testing import LORA_RANK, merge_lora_by_hand, tiny_sd_components, tiny_sdxl_components, trained_lora
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (installed by the [test] extra)")
 
-RANK = 4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # diffusers' LoRA training scripts
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 PROMPT = " ".join(f"word{i % 10} tree" for i in range(60))  # well past 77 tokens
-
-
-def trained_lora(model: torch.nn.Module, targets: list[str], seed: int) -> dict[str, torch.Tensor]:
-    """LoRA layers with non-zero A and B (as after training) on a copy of ``model``, in diffusers' saved format."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, init_lora_weights=False)
-    model = inject_adapter_in_model(config, copy.deepcopy(model))
-    state_dict = get_peft_model_state_dict(model)
-    assert state_dict, f"no LoRA layers made for {targets}"
-    return convert_state_dict_to_diffusers(state_dict)
-
-
-def merge_by_hand(model: torch.nn.Module, lora: dict[str, torch.Tensor], scale: float = 1.0) -> int:
-    """Add ``scale * up @ down`` (alpha = rank) to each targeted linear layer; returns how many were changed."""
-    downs = {key.removesuffix(".down.weight").rsplit(".", 1)[0]: value
-             for key, value in lora.items() if key.endswith(".down.weight")}
-    with torch.no_grad():
-        for name, down in downs.items():
-            up = next(value for key, value in lora.items() if key.startswith(name + ".") and key.endswith(".up.weight"))
-            if not hasattr(model, "text_model"):  # transformers 5 flattens CLIPTextModel
-                name = name.removeprefix("text_model.")
-            model.get_submodule(name).weight += scale * up @ down
-    return len(downs)
 
 
 def images(pipeline, **kwargs):
@@ -96,14 +67,14 @@ def test_sd_lora_file_on_unet_and_long_clip_l(tmp_path):
     pipeline.load_lora_weights(tmp_path)
 
     reference = sd_pipeline()
-    assert merge_by_hand(reference.unet, unet_lora) == 4 * 2 * 4  # 4 projections, attn1/attn2, 4 transformer blocks
-    assert merge_by_hand(reference.text_encoder, text_lora) == 4 * 2  # two layers
+    assert merge_lora_by_hand(reference.unet, unet_lora) == 4 * 2 * 4  # 4 projections, attn1/attn2, 4 transformer blocks
+    assert merge_lora_by_hand(reference.text_encoder, text_lora) == 4 * 2  # two layers
     assert_lora_applied(pipeline, reference, before, sd_encode)
 
     pipeline.set_adapters(pipeline.get_active_adapters(), adapter_weights=0.5)
     half = sd_pipeline()
-    merge_by_hand(half.unet, unet_lora, scale=0.5)
-    merge_by_hand(half.text_encoder, text_lora, scale=0.5)
+    merge_lora_by_hand(half.unet, unet_lora, scale=0.5)
+    merge_lora_by_hand(half.text_encoder, text_lora, scale=0.5)
     assert_lora_applied(pipeline, half, before, sd_encode)
 
     pipeline.unload_lora_weights()
@@ -121,14 +92,14 @@ def test_sd_kohya_text_encoder_lora(tmp_path):
         module, kind = key.removesuffix(".weight").rsplit(".", 1)
         module = "lora_te_text_model_" + module.rsplit(".", 1)[0].removeprefix("text_model.").replace(".", "_")
         kohya[f"{module}.lora_{kind}.weight"] = value
-        kohya[f"{module}.alpha"] = torch.tensor(float(RANK))
+        kohya[f"{module}.alpha"] = torch.tensor(float(LORA_RANK))
     save_file(kohya, tmp_path / "kohya.safetensors")
 
     pipeline = sd_pipeline()
     before = sd_encode(pipeline)
     pipeline.load_lora_weights(tmp_path, weight_name="kohya.safetensors")
     reference = sd_pipeline()
-    assert merge_by_hand(reference.text_encoder, text_lora) == 4 * 2
+    assert merge_lora_by_hand(reference.text_encoder, text_lora) == 4 * 2
     for got, want, base in zip(sd_encode(pipeline), sd_encode(reference), before):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         assert (got - base).abs().max() > 1e-2
@@ -167,7 +138,7 @@ def test_sdxl_lora_file_on_unet_and_both_long_encoders(tmp_path):
     pipeline.load_lora_weights(tmp_path)
 
     reference = sdxl_pipeline()
-    assert merge_by_hand(reference.unet, unet_lora) > 0
-    assert merge_by_hand(reference.text_encoder, text_lora) == 4 * 2
-    assert merge_by_hand(reference.text_encoder_2, text_2_lora) == 4 * 2
+    assert merge_lora_by_hand(reference.unet, unet_lora) > 0
+    assert merge_lora_by_hand(reference.text_encoder, text_lora) == 4 * 2
+    assert merge_lora_by_hand(reference.text_encoder_2, text_2_lora) == 4 * 2
     assert_lora_applied(pipeline, reference, before, sdxl_encode)

@@ -13,7 +13,13 @@ from longclip_diffusion.checkpoints import CheckpointError, save_comfy_file
 from longclip_diffusion.pipelines import LongCLIPStableDiffusion3Pipeline, apply_long_clip
 from longclip_diffusion.pipelines.core import get_setting
 from longclip_diffusion.positions import position_embedding, stretch_text_encoder
-from longclip_diffusion.testing import clip_text_config, random_text_encoder, sdxl_tokenizer_2
+from longclip_diffusion.testing import (
+    clip_text_config,
+    merge_lora_by_hand,
+    random_text_encoder,
+    sdxl_tokenizer_2,
+    trained_lora,
+)
 from longclip_diffusion.testing_mmdit import tiny_sd3_components
 from longclip_diffusion.tokenizer import END_OF_TEXT, START_OF_TEXT, load_tokenizer, token_ids
 
@@ -269,21 +275,10 @@ def test_from_pretrained_stock_base(tmp_path):
 def test_lora_through_diffusers_loader(tmp_path):
     """A CLIP-L LoRA loaded with `load_lora_weights` acts on Long-CLIP-L as the same deltas merged by hand."""
     pytest.importorskip("peft")
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
     pipeline = make_pipeline()
-    torch.manual_seed(1)
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    lora_model = inject_adapter_in_model(config, copy.deepcopy(pipeline.text_encoder))
-    lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(lora_model))
+    lora = trained_lora(pipeline.text_encoder, ["q_proj", "v_proj"], seed=1)
     reference = copy.deepcopy(pipeline)
-    with torch.no_grad():
-        for key, down in lora.items():
-            if key.endswith(".down.weight"):
-                name = key.removesuffix(".lora_linear_layer.down.weight").removesuffix(".down.weight")
-                reference.text_encoder.get_submodule(name).weight += lora[key.replace(".down.", ".up.")] @ down
+    merge_lora_by_hand(reference.text_encoder, lora)
     before = encode(pipeline, LONG)[2]
     LongCLIPStableDiffusion3Pipeline.save_lora_weights(tmp_path, text_encoder_lora_layers=lora, transformer_lora_layers=None)
     pipeline.load_lora_weights(tmp_path / "pytorch_lora_weights.safetensors")

@@ -83,18 +83,19 @@ def random_openai_text_state_dict(
     return state_dict
 
 
-def tiny_vae() -> AutoencoderKL:
-    """A two-level VAE with 4 latent channels (scale factor 2)."""
-    return AutoencoderKL(
-        block_out_channels=(4, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=32,
-    )
+def tiny_vae(**config) -> AutoencoderKL:
+    """A two-level VAE (scale factor 2) with 4 latent channels; ``config`` overrides (SD3/Flux pass what differs)."""
+    return AutoencoderKL(**{
+        "block_out_channels": (4, 8),
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "latent_channels": 4,
+        "norm_num_groups": 2,
+        "sample_size": 32,
+        **config,
+    })
 
 
 def tiny_sd_components(long_clip: bool = True, cross_attention_dim: int = 32, seed: int = 0) -> dict:

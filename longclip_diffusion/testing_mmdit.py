@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
-from .testing import clip_text_config, full_size_vae, random_text_encoder
+from .testing import clip_text_config, full_size_vae, random_text_encoder, tiny_vae
 from .tokenizer import load_tokenizer
 
 # Words the tiny T5 vocabulary knows as whole pieces (anything else is spelt letter by letter, or <unk>).
@@ -76,15 +76,8 @@ def random_t5_encoder(config: T5Config, seed: int = 0) -> T5EncoderModel:
 
 def tiny_flow_vae(latent_channels: int = 16, shift_factor: float = 0.1159, scaling_factor: float = 0.3611) -> AutoencoderKL:
     """A two-level VAE (scale factor 2) with 16 latent channels and no quant convs, as Flux's and SD3's."""
-    return AutoencoderKL(
-        block_out_channels=(4, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    return tiny_vae(
         latent_channels=latent_channels,
-        norm_num_groups=2,
-        sample_size=32,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=shift_factor,
